@@ -1,0 +1,208 @@
+"""The config schema shared by every `configs/*.py`, its argument parsing and checks.
+
+`configs/<dataset>.py:get_config(arg)` starts from `base_config()`, sets the dataset's
+recipe (SPEC §7), then applies `arg`: comma-separated tokens, each a backbone name, a
+CAM method or a stage selector, e.g. `configs/cub.py:vgg16,gradcampp,stage2`.
+"""
+
+from typing import Any, Iterable, Optional
+
+import ml_collections
+
+BACKBONES = ("small", "resnet50", "vgg16", "inceptionv3")
+CAM_METHODS = ("cam", "gradcam", "gradcampp", "smoothgradcampp", "xgradcam", "layercam",
+               "hirescam", "scorecam", "ablationcam", "eigencam")
+DATASETS = ("synthetic", "CUB", "OpenImages", "ILSVRC")
+STAGES = ("stage1", "stage2", "both")
+SELECTION_METRICS = ("MaxBoxAcc", "MaxBoxAccV2", "PxAP", "top1_loc", "classification")
+
+# Decoder widths per backbone (SPEC §5); `small` is ours.
+DECODER_CHANNELS = {
+    "resnet50": (256, 128, 64, 32, 16),
+    "inceptionv3": (256, 128, 64, 32, 16),
+    "vgg16": (256, 128, 64),
+    "small": (64, 32, 16),
+}
+
+
+class ConfigError(ValueError):
+  """A bad config value; the message names the key."""
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every key fcam_jax reads, with the paper's CUB / ResNet50 / CAM defaults."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.stages = "both"            # stage1 | stage2 | both
+  c.half_precision = False     # bf16 activations, fp32 params and losses
+  c.parallel = "pmap"
+
+  c.dataset = ml_collections.ConfigDict()
+  c.dataset.name = "CUB"
+  c.dataset.data_dir = ""      # TFDS data dir (synthetic)
+  c.dataset.data_root = ""     # image folder (metadata layout, SPEC §8)
+  c.dataset.metadata_root = ""
+  c.dataset.mask_root = ""     # OpenImages masks
+
+  c.data = ml_collections.ConfigDict()
+  c.data.resize_size = 256     # train: resize (aspect not kept), random crop, flip
+  c.data.crop_size = 224
+  c.data.eval_size = 224       # val/test: resize; also the score-map size
+  c.data.num_workers = 0       # grain worker processes (0: threads in this process)
+  c.data.read_threads = 4
+  c.data.prefetch = 2
+  c.data.on_error = "fail"     # fail | skip, for unreadable images
+
+  c.model = ml_collections.ConfigDict()
+  c.model.backbone = "resnet50"
+  c.model.num_classes = 200
+  c.model.pretrained = ""      # .npz of converted ImageNet weights
+
+  c.cam = ml_collections.ConfigDict()
+  c.cam.method = "cam"
+  c.cam.tap = ""               # '' = the backbone's CAM_TAP
+  c.cam.gradcampp_skip_alpha_division = False  # True: the original code's quirk
+  c.cam.smooth_samples = 4
+  c.cam.smooth_std = 0.3
+  c.cam.scorecam_chunk = 32
+  c.cam.ablationcam_chunk = 32
+
+  c.stage1 = ml_collections.ConfigDict()
+  c.stage1.epochs = 50
+  c.stage1.batch_size = 32
+  c.stage1.lr = 0.0017
+  c.stage1.lr_decay_epochs = 15
+  c.stage1.lr_decay_factor = 0.1
+  c.stage1.classifier_lr_mult = 10.0
+  c.stage1.momentum = 0.9
+  c.stage1.nesterov = True
+  c.stage1.weight_decay = 1e-4
+
+  c.stage2 = ml_collections.ConfigDict()
+  c.stage2.epochs = 50
+  c.stage2.batch_size = 32
+  c.stage2.lr = 0.01
+  c.stage2.lr_decay_epochs = 0  # 0: constant
+  c.stage2.lr_decay_factor = 0.1
+  c.stage2.momentum = 0.9
+  c.stage2.nesterov = True
+  c.stage2.weight_decay = 1e-4
+  c.stage2.classifier_checkpoint = ""  # '' = <workdir>/stage1 best
+
+  c.fcam = ml_collections.ConfigDict()
+  c.fcam.decoder_channels = ()  # () = SPEC §5 default for the backbone
+  c.fcam.seeds = ml_collections.ConfigDict()
+  c.fcam.seeds.n_minus = 0.1
+  c.fcam.seeds.sl_max = 1
+  c.fcam.seeds.sl_min = 1
+  c.fcam.seeds.erosion = 11
+  c.fcam.seeds.dilation = 3
+  c.fcam.seeds.weight = 1.0
+  c.fcam.seeds.enabled = True
+  c.fcam.crf = ml_collections.ConfigDict()
+  c.fcam.crf.enabled = True
+  c.fcam.crf.weight = 2e-9
+  c.fcam.crf.sigma_rgb = 15.0
+  c.fcam.crf.sigma_xy = 100.0
+  c.fcam.crf.scale = 1.0        # image downscale factor before the CRF
+  c.fcam.crf.grid_cell = 0.5    # bilateral-grid cell, in units of sigma
+  c.fcam.size = ml_collections.ConfigDict()
+  c.fcam.size.enabled = True
+  c.fcam.size.weight = 0.1
+  c.fcam.size.t_init = 1.0
+  c.fcam.size.t_mult = 1.01
+  c.fcam.size.t_max = 10.0
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.batch_size = 64
+  c.eval.val_interval = 0.004   # threshold step on val (model selection)
+  c.eval.test_interval = 0.001  # threshold step on test
+  c.eval.iou_thresholds = (30, 50, 70)
+  c.eval.selection_metric = "MaxBoxAcc"
+  c.eval.every_epochs = 1
+
+  c.log_every_steps = 50
+  c.checkpoint_every_epochs = 1
+  return c
+
+
+def apply_arg(config: ml_collections.ConfigDict, arg: Optional[str]) -> ml_collections.ConfigDict:
+  """Applies `backbone,method,stage` tokens from `--config=file.py:arg`."""
+  for token in (t.strip() for t in (arg or "").split(",")):
+    if not token:
+      continue
+    if token in BACKBONES:
+      config.model.backbone = token
+    elif token in CAM_METHODS:
+      config.cam.method = token
+    elif token in STAGES:
+      config.stages = token
+    else:
+      raise ConfigError(
+          f"config argument {token!r} is not a backbone ({', '.join(BACKBONES)}), "
+          f"a CAM method ({', '.join(CAM_METHODS)}) or a stage ({', '.join(STAGES)})")
+  return config
+
+
+def _choice(config, key: str, choices: Iterable[Any]):
+  value = config
+  for part in key.split("."):
+    value = value[part]
+  if value not in tuple(choices):
+    raise ConfigError(f"config.{key}={value!r}: must be one of {', '.join(map(str, choices))}")
+
+
+def _positive(config, *keys: str, allow_zero: bool = False):
+  for key in keys:
+    value = config
+    for part in key.split("."):
+      value = value[part]
+    if value is None or (value < 0 if allow_zero else value <= 0):
+      bound = ">= 0" if allow_zero else "> 0"
+      raise ConfigError(f"config.{key}={value!r}: must be {bound}")
+
+
+def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Raises ConfigError (naming the key) for any value fcam_jax cannot run with."""
+  _choice(config, "model.backbone", BACKBONES)
+  _choice(config, "cam.method", CAM_METHODS)
+  _choice(config, "dataset.name", DATASETS)
+  _choice(config, "stages", STAGES)
+  _choice(config, "parallel", ("pmap",))
+  _choice(config, "data.on_error", ("fail", "skip"))
+  _choice(config, "eval.selection_metric", SELECTION_METRICS)
+  _positive(config, "model.num_classes", "data.resize_size", "data.crop_size",
+            "data.eval_size", "stage1.batch_size", "stage2.batch_size", "eval.batch_size",
+            "stage1.lr", "stage2.lr", "eval.val_interval", "eval.test_interval",
+            "cam.smooth_samples", "cam.scorecam_chunk", "cam.ablationcam_chunk",
+            "fcam.crf.sigma_rgb", "fcam.crf.sigma_xy", "fcam.crf.scale", "fcam.crf.grid_cell",
+            "fcam.size.t_init", "fcam.size.t_mult", "fcam.size.t_max",
+            "log_every_steps", "checkpoint_every_epochs", "eval.every_epochs")
+  _positive(config, "stage1.epochs", "stage2.epochs", "stage1.weight_decay",
+            "stage2.weight_decay", "data.num_workers", "cam.smooth_std",
+            "fcam.seeds.sl_max", "fcam.seeds.sl_min", "stage1.lr_decay_epochs",
+            "stage2.lr_decay_epochs", allow_zero=True)
+  if config.data.crop_size > config.data.resize_size:
+    raise ConfigError(f"config.data.crop_size={config.data.crop_size} is larger than "
+                      f"config.data.resize_size={config.data.resize_size}")
+  if not 0.0 < config.fcam.seeds.n_minus < 1.0:
+    raise ConfigError(f"config.fcam.seeds.n_minus={config.fcam.seeds.n_minus!r}: must be in (0, 1)")
+  for key in ("erosion", "dilation"):
+    k = config.fcam.seeds[key]
+    if k < 1 or k % 2 == 0:
+      raise ConfigError(f"config.fcam.seeds.{key}={k!r}: must be an odd size >= 1")
+  for t in config.eval.iou_thresholds:
+    if not 0 < t <= 100:
+      raise ConfigError(f"config.eval.iou_thresholds has {t!r}: IoU thresholds are percents in (0, 100]")
+  if config.dataset.name == "synthetic":
+    if not config.dataset.data_dir:
+      raise ConfigError("config.dataset.data_dir is empty: the synthetic dataset needs a TFDS data dir")
+  elif not (config.dataset.data_root and config.dataset.metadata_root):
+    raise ConfigError(f"config.dataset.data_root / metadata_root must be set for {config.dataset.name}")
+  if config.dataset.name == "OpenImages" and not config.dataset.mask_root:
+    raise ConfigError("config.dataset.mask_root must be set for OpenImages")
+  return config
+
+
+def decoder_channels(config) -> tuple:
+  return tuple(config.fcam.decoder_channels) or DECODER_CHANNELS[config.model.backbone]

@@ -1,0 +1,1 @@
+"""Datasets: the built-in synthetic WSOL set, the wsolevaluation metadata layout, pipelines."""
