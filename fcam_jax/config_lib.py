@@ -43,6 +43,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.dataset.data_root = ""     # image folder (metadata layout, SPEC §8)
   c.dataset.metadata_root = ""
   c.dataset.mask_root = ""     # OpenImages masks
+  c.dataset.synthetic = ml_collections.ConfigDict(dict(  # generation parameters
+      image_size=80, train_size=1000, val_size=200, test_size=200, seed=0))
 
   c.data = ml_collections.ConfigDict()
   c.data.resize_size = 256     # train: resize (aspect not kept), random crop, flip
@@ -50,13 +52,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.eval_size = 224       # val/test: resize; also the score-map size
   c.data.num_workers = 0       # grain worker processes (0: threads in this process)
   c.data.read_threads = 4
-  c.data.prefetch = 2
+  c.data.prefetch = 64        # grain prefetch buffer, in images
   c.data.on_error = "fail"     # fail | skip, for unreadable images
 
   c.model = ml_collections.ConfigDict()
   c.model.backbone = "resnet50"
   c.model.num_classes = 200
-  c.model.pretrained = ""      # .npz of converted ImageNet weights
 
   c.cam = ml_collections.ConfigDict()
   c.cam.method = "cam"

@@ -1,0 +1,292 @@
+"""train_and_evaluate(config, workdir): stage 1 (the WSOL classifier), then stage 2 (F-CAM).
+
+Each stage trains epoch by epoch, evaluates on val before the first epoch and
+after each one, keeps the latest and the best checkpoint (by
+`config.eval.selection_metric`), resumes from the latest when run again, and ends
+with the best checkpoint evaluated on test. `<workdir>/results.json` collects the
+test metrics with the config, the package versions and the git commit.
+"""
+
+import functools
+import json
+import os
+import platform
+import subprocess
+import time
+from typing import Callable, Dict, Iterable, List, Optional
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from fcam_jax import checkpoint as ckpt_lib
+from fcam_jax import config_lib
+from fcam_jax import metrics as metrics_lib
+from fcam_jax import optim
+from fcam_jax import parallel
+from fcam_jax import steps
+from fcam_jax import writers
+from fcam_jax.data import pipeline
+from fcam_jax.data import sources
+from fcam_jax import models
+
+
+def compute_dtype(config):
+  return jnp.bfloat16 if config.half_precision else jnp.float32
+
+
+def _check_workdir(workdir: str):
+  """Fails before any training if the workdir cannot be written."""
+  os.makedirs(workdir, exist_ok=True)
+  probe = os.path.join(workdir, f".write_test_{jax.process_index()}")
+  try:
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise OSError(f"workdir {workdir} is not writable: {e}") from e
+
+
+def make_evaluators(split: sources.Split, config, interval: float) -> List:
+  """Box metrics where the split has boxes, mask metrics (PxAP) where it has masks."""
+  evaluators = []
+  if split.has_boxes:
+    evaluators.append(metrics_lib.BoxEvaluator(
+        split.records, map_size=config.data.eval_size, cam_curve_interval=interval,
+        iou_thresholds=tuple(config.eval.iou_thresholds)))
+  if split.mask_loader is not None:
+    evaluators.append(metrics_lib.MaskEvaluator(
+        split.mask_loader, map_size=config.data.eval_size, cam_curve_interval=interval,
+        records=split.records))
+  return evaluators
+
+
+def evaluate(map_fn: Callable, variables, split: sources.Split, config, interval: float,
+             rng: jax.Array, names: Iterable[str] = ("cam",)) -> Dict[str, Dict]:
+  """Scores the maps `map_fn(variables, batch, rng) -> (logits, maps...)` on `split`.
+
+  `names` labels the maps map_fn returns after the logits (e.g. ('cam', 'fcam')).
+  Padding entries (mask 0) are dropped on the host, so every image counts once.
+  """
+  names = tuple(names)
+  evaluators = {n: make_evaluators(split, config, interval) for n in names}
+  local_batch = config.eval.batch_size // jax.process_count()
+  rngs = jax.random.split(rng, jax.local_device_count())
+  for batch in pipeline.eval_batches(split, config, local_batch=local_batch,
+                                     process_index=jax.process_index(),
+                                     process_count=jax.process_count()):
+    out = parallel.unshard(map_fn(variables, parallel.shard(batch), rngs))
+    logits, maps = out[0], out[1:]
+    valid = batch["mask"]
+    for name, m in zip(names, maps):
+      for ev in evaluators[name]:
+        ev.update(m[valid], batch["index"][valid], logits[valid])
+  results = {}
+  for name in names:
+    merged = {}
+    for ev in evaluators[name]:
+      merged.update(ev.compute())
+    results[name] = merged
+  return results
+
+
+def _scalars(metrics: Dict) -> Dict[str, float]:
+  return {k: float(v) for k, v in metrics.items()
+          if isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool)}
+
+
+def _versions() -> Dict[str, str]:
+  import importlib.metadata as md  # pylint: disable=g-import-not-at-top
+  out = {"python": platform.python_version()}
+  for pkg in ("fcam_jax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "grain",
+              "tensorflow-datasets", "opencv-python-headless", "clu", "ml-collections"):
+    try:
+      out[pkg] = md.version(pkg)
+    except md.PackageNotFoundError:
+      out[pkg] = "not installed"
+  return out
+
+
+def _git_commit() -> str:
+  here = os.path.dirname(os.path.abspath(__file__))
+  try:
+    out = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True,
+                         text=True, timeout=10, check=True).stdout.strip()
+    dirty = subprocess.run(["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True, timeout=10).stdout.strip()
+    return out + ("+dirty" if dirty else "")
+  except (OSError, subprocess.SubprocessError):
+    return "unknown"
+
+
+def _write_json(path: str, obj):
+  if jax.process_index() == 0:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+      json.dump(obj, f, indent=2, default=str)
+    os.replace(tmp, path)
+
+
+class _MeanMetrics:
+  """Averages per-step metrics (pmean'ed, so the same on every device) over an interval."""
+
+  def __init__(self):
+    self._items = []
+
+  def add(self, m):
+    self._items.append(m)
+
+  def pop(self) -> Dict[str, float]:
+    items = jax.device_get(self._items)  # one host sync per logging interval
+    self._items = []
+    return {k: float(np.mean([np.asarray(i[k])[0] for i in items])) for k in items[0]}
+
+
+def run_stage(*, name: str, config, workdir: str, splits: Dict[str, sources.Split], writer,
+              state: steps.TrainState, train_step: Callable,
+              map_fn: Callable, variables_of: Callable, map_names=("cam",),
+              end_of_epoch: Optional[Callable] = None, stage_config) -> Dict:
+  """The epoch loop shared by both stages; returns the stage's results dict."""
+  stage_dir = os.path.join(workdir, name)
+  results_path = os.path.join(stage_dir, "results.json")
+  if os.path.exists(results_path):
+    logging.info("%s already finished: %s", name, results_path)
+    with open(results_path) as f:
+      return json.load(f)
+
+  train_split = splits["train"]
+  global_batch = stage_config.batch_size
+  if global_batch % jax.device_count():
+    raise config_lib.ConfigError(
+        f"config.{name}.batch_size={global_batch} does not split over {jax.device_count()} devices")
+  spe = pipeline.steps_per_epoch(len(train_split), global_batch)
+  total_steps = stage_config.epochs * spe
+  selection = config.eval.selection_metric
+  eval_rng = jax.random.key(config.seed + 1)
+
+  ckpt = ckpt_lib.Checkpointer(os.path.join(stage_dir, "checkpoints"))
+  latest = ckpt.latest_step()
+  if latest is not None:
+    state, meta = ckpt.restore(latest, state)
+    logging.info("%s: resuming from step %d (epoch %d)", name, latest, latest // spe)
+  else:
+    meta = {"history": []}
+
+  def validate(state_r, epoch: int, step: int):
+    t0 = time.time()
+    val = evaluate(map_fn, variables_of(state_r), splits["val"], config,
+                   config.eval.val_interval, eval_rng, map_names)[map_names[-1]]
+    if selection not in val:
+      raise config_lib.ConfigError(
+          f"config.eval.selection_metric={selection!r} is not computed on this dataset; "
+          f"available: {', '.join(sorted(_scalars(val)))}")
+    writer.write_scalars(step, {f"{name}/val/{k}": v for k, v in _scalars(val).items()})
+    meta["history"].append({"epoch": epoch, "step": step, **_scalars(val)})
+    logging.info("%s epoch %d: val %s=%.3f (%.1fs)", name, epoch, selection, val[selection],
+                 time.time() - t0)
+    return float(val[selection])
+
+  state_r = parallel.replicate(state)
+  step = int(state.step)
+  if latest is None:  # evaluate the initial model; it competes for `best` too.
+    ckpt.save(0, state, meta, validate(state_r, 0, 0))
+
+  progress = writers.report_progress(total_steps, writer, every_steps=config.log_every_steps)
+  train_metrics = _MeanMetrics()
+  for epoch in range(step // spe, stage_config.epochs):
+    for batch in pipeline.train_batches(
+        train_split, config, global_batch=global_batch, epoch=epoch, start_step=step - epoch * spe,
+        seed=config.seed, process_index=jax.process_index(), process_count=jax.process_count()):
+      state_r, m = train_step(state_r, parallel.shard(batch))
+      train_metrics.add(m)
+      step += 1
+      progress(step)
+      if step % config.log_every_steps == 0 or step == (epoch + 1) * spe:
+        writer.write_scalars(step, {f"{name}/train/{k}": v for k, v in train_metrics.pop().items()})
+    if end_of_epoch is not None:
+      state_r = end_of_epoch(state_r)
+    score = validate(state_r, epoch + 1, step)
+    if (epoch + 1) % config.checkpoint_every_epochs == 0 or epoch + 1 == stage_config.epochs:
+      ckpt.save(step, parallel.unreplicate(state_r), meta, score)
+    writer.flush()
+
+  best = ckpt.best_step()
+  best_state, _ = ckpt.restore(best, state)
+  best_epoch = best // spe
+  logging.info("%s: testing the best checkpoint (step %d, epoch %d)", name, best, best_epoch)
+  test = evaluate(map_fn, variables_of(parallel.replicate(best_state)), splits["test"], config,
+                  config.eval.test_interval, eval_rng, map_names)
+  for map_name, metrics in test.items():
+    writer.write_scalars(step, {f"{name}/test/{map_name}/{k}": v for k, v in _scalars(metrics).items()})
+  ckpt.close()
+  out = {"best_step": best, "best_epoch": best_epoch, "steps_per_epoch": spe,
+         "selection_metric": selection,
+         "val_at_best": next((h for h in meta["history"] if h["step"] == best), None),
+         "history": meta["history"], "test": test}
+  _write_json(results_path, out)
+  return out
+
+
+def train_classifier(config, workdir: str, splits, writer) -> Dict:
+  """Stage 1: the WSOL classifier, selected by its CAMs' localization on val."""
+  dtype = compute_dtype(config)
+  backbone_cls = models.backbone_class(config.model.backbone)
+  model = models.build_classifier(config.model, bn_axis_name=parallel.AXIS, dtype=dtype)
+  size = config.data.crop_size
+  key = jax.random.key(config.seed)
+  variables = jax.jit(functools.partial(model.init, train=False))(
+      key, jnp.zeros((1, size, size, 3), dtype))
+  params = variables["params"]
+  spe = pipeline.steps_per_epoch(len(splits["train"]), config.stage1.batch_size)
+  mult = optim.group_multipliers(params, optim.classifier_group(backbone_cls),
+                                 config.stage1.classifier_lr_mult)
+  tx = optim.sgd(config.stage1, spe, mult)
+  state = steps.TrainState(step=jnp.array(0, jnp.int32), params=params,
+                           batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
+                           rng=jax.random.key_data(jax.random.fold_in(key, 1)), aux={})
+  train_step = steps.pmap_train_step(steps.classifier_train_step, model=model, tx=tx, dtype=dtype)
+  map_fn = steps.pmap_eval(steps.classifier_maps, model=model, cam_method=config.cam.method,
+                           cam_tap=config.cam.tap or None, cam_options=config.cam,
+                           map_size=config.data.eval_size, dtype=dtype)
+  return run_stage(
+      name="stage1", config=config, workdir=workdir, splits=splits, writer=writer,
+      state=state, train_step=train_step, map_fn=map_fn,
+      variables_of=lambda s: {"params": s.params, "batch_stats": s.batch_stats},
+      stage_config=config.stage1)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict:
+  """Runs the stages named by `config.stages`; writes and returns `results.json`."""
+  config_lib.validate(config)
+  _check_workdir(workdir)
+  writer = writers.create_writer(workdir, jax.process_index())
+  writer.write_hparams(dict(_flatten(config.to_dict())))
+  t0 = time.time()
+  splits = sources.load_splits(config)
+  logging.info("data: %s", {k: len(v) for k, v in splits.items()})
+  results = {"config": config.to_dict(), "versions": _versions(), "git_commit": _git_commit(),
+             "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
+             "metric_definitions": metrics_lib.__doc__,
+             "thresholds": {"val_interval": config.eval.val_interval,
+                            "test_interval": config.eval.test_interval,
+                            "iou_thresholds": list(config.eval.iou_thresholds)}}
+  if config.stages in ("stage1", "both"):
+    results["stage1"] = train_classifier(config, workdir, splits, writer)
+  if config.stages in ("stage2", "both"):
+    from fcam_jax import train_fcam  # pylint: disable=g-import-not-at-top
+    results["stage2"] = train_fcam.train_decoder(config, workdir, splits, writer)
+  results["wall_time_s"] = time.time() - t0
+  _write_json(os.path.join(workdir, "results.json"), results)
+  writer.flush()
+  writer.close()
+  return results
+
+
+def _flatten(d, prefix=""):
+  for k, v in d.items():
+    if isinstance(v, dict):
+      yield from _flatten(v, f"{prefix}{k}.")
+    else:
+      yield f"{prefix}{k}", v

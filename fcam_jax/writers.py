@@ -1,0 +1,121 @@
+"""Metric writers and progress reporting: CLU when TensorFlow is installed, else plain.
+
+clu.metric_writers and clu.periodic_actions import TensorFlow; the accelerator
+machines often have none. Without it, `create_writer` returns a writer that logs
+and appends JSON lines to `<logdir>/metrics.jsonl`, and `ReportProgress` is a small
+stand-in with the same call signature (steps/s and ETA in the log).
+"""
+
+import importlib.util
+import json
+import os
+import time
+from typing import Any, Mapping, Optional
+
+from absl import logging
+import numpy as np
+
+
+def have_tensorflow() -> bool:
+  return importlib.util.find_spec("tensorflow") is not None
+
+
+class JsonlWriter:
+  """Writes scalars (and image/text summaries as notes) to metrics.jsonl and the log."""
+
+  def __init__(self, logdir: str, log: bool = True):
+    os.makedirs(logdir, exist_ok=True)
+    self._path = os.path.join(logdir, "metrics.jsonl")
+    self._log = log
+
+  def _append(self, record):
+    with open(self._path, "a") as f:
+      f.write(json.dumps(record) + "\n")
+
+  def write_scalars(self, step: int, scalars: Mapping[str, Any]):
+    scalars = {k: float(np.asarray(v)) for k, v in scalars.items()}
+    self._append({"step": int(step), "time": time.time(), **scalars})
+    if self._log:
+      logging.info("[%d] %s", step, ", ".join(f"{k}={v:.6g}" for k, v in scalars.items()))
+
+  def write_images(self, step: int, images: Mapping[str, Any]):
+    if self._log:
+      logging.info("[%d] images: %s", step, ", ".join(images))
+
+  def write_texts(self, step: int, texts: Mapping[str, str]):
+    self._append({"step": int(step), "texts": dict(texts)})
+
+  def write_hparams(self, hparams: Mapping[str, Any]):
+    self._append({"hparams": {k: str(v) for k, v in hparams.items()}})
+
+  def write_histograms(self, step, arrays, num_buckets=None):
+    del step, arrays, num_buckets
+
+  def flush(self):
+    pass
+
+  def close(self):
+    pass
+
+
+class _Both:
+  """Fans every call out to several writers."""
+
+  def __init__(self, *writers):
+    self._writers = writers
+
+  def __getattr__(self, name):
+    def call(*args, **kwargs):
+      for w in self._writers:
+        getattr(w, name)(*args, **kwargs)
+    return call
+
+
+def create_writer(logdir: str, process_index: int = 0, use_tensorboard: Optional[bool] = None):
+  """CLU's default writer (TensorBoard + logging) plus metrics.jsonl on process 0.
+
+  Other processes get a writer that only logs. Without TensorFlow (or with
+  use_tensorboard=False) only the JSON-lines writer is used.
+  """
+  if process_index > 0:
+    return JsonlWriter(os.path.join(logdir, f"process_{process_index}"), log=False)
+  if use_tensorboard is None:
+    use_tensorboard = have_tensorflow()
+  jsonl = JsonlWriter(logdir, log=not use_tensorboard)
+  if not use_tensorboard:
+    logging.info("TensorFlow is not installed: metrics go to %s/metrics.jsonl only", logdir)
+    return jsonl
+  from clu import metric_writers  # pylint: disable=g-import-not-at-top
+  return _Both(metric_writers.create_default_writer(logdir, asynchronous=False), jsonl)
+
+
+class _PlainProgress:
+  """clu.periodic_actions.ReportProgress without TensorFlow: steps/s and ETA."""
+
+  def __init__(self, num_train_steps: Optional[int], writer=None, every_steps: int = 50):
+    self._total, self._writer, self._every = num_train_steps, writer, every_steps
+    self._last_step, self._last_time = None, None
+
+  def __call__(self, step: int, t: Optional[float] = None):
+    t = time.time() if t is None else t
+    if self._last_step is None:
+      self._last_step, self._last_time = step, t
+      return
+    if step - self._last_step < self._every:
+      return
+    rate = (step - self._last_step) / max(t - self._last_time, 1e-9)
+    eta = (self._total - step) / rate if self._total else float("nan")
+    logging.info("step %d/%s: %.2f steps/s, ETA %s", step, self._total or "?", rate,
+                 time.strftime("%H:%M:%S", time.gmtime(eta)) if np.isfinite(eta) else "?")
+    if self._writer is not None:
+      self._writer.write_scalars(step, {"steps_per_sec": rate})
+    self._last_step, self._last_time = step, t
+
+
+def report_progress(num_train_steps: int, writer, every_steps: int = 50):
+  """A periodic action reporting steps/s and ETA (CLU's if available)."""
+  if have_tensorflow():
+    from clu import periodic_actions  # pylint: disable=g-import-not-at-top
+    return periodic_actions.ReportProgress(num_train_steps=num_train_steps, writer=writer,
+                                           every_steps=every_steps)
+  return _PlainProgress(num_train_steps, writer, every_steps)

@@ -1,0 +1,143 @@
+"""Stage-1 training end to end on a tiny config: outputs, resume after a kill, data parallelism."""
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from fcam_jax import train, writers
+from tests.conftest import REPO, tiny_config
+
+
+@pytest.fixture(scope="module")
+def stage1_run(tmp_path_factory, data_dir):
+  workdir = str(tmp_path_factory.mktemp("run"))
+  config = tiny_config(data_dir, stages="stage1")
+  return workdir, config, train.train_and_evaluate(config, workdir)
+
+
+def test_stage1_writes_results_checkpoints_and_events(stage1_run):
+  workdir, config, results = stage1_run
+  with open(os.path.join(workdir, "results.json")) as f:
+    on_disk = json.load(f)
+  s1 = on_disk["stage1"]
+  test = s1["test"]["cam"]
+  assert test["num_images"] == config.dataset.synthetic.test_size
+  for key in ("MaxBoxAcc", "MaxBoxAccV2", "PxAP", "top1_loc", "top5_loc", "top1_cls"):
+    assert 0.0 <= test[key] <= 100.0, key
+  # Validation before training and after each epoch; the best is one of them.
+  assert [h["epoch"] for h in s1["history"]] == list(range(config.stage1.epochs + 1))
+  best = max(h["MaxBoxAcc"] for h in s1["history"])
+  assert s1["val_at_best"]["MaxBoxAcc"] == best
+  assert on_disk["config"]["model"]["backbone"] == "small"
+  assert on_disk["versions"]["jax"] and on_disk["git_commit"]
+  assert "MaxBoxAcc" in on_disk["metric_definitions"]
+  steps = sorted(int(os.path.basename(p)) for p in
+                 glob.glob(os.path.join(workdir, "stage1", "checkpoints", "[0-9]*"))
+                 if os.path.basename(p).isdigit())
+  last = config.stage1.epochs * s1["steps_per_epoch"]
+  assert last in steps and s1["best_step"] in steps and len(steps) <= 2
+  assert os.path.getsize(os.path.join(workdir, "metrics.jsonl")) > 0
+  if writers.have_tensorflow():
+    assert glob.glob(os.path.join(workdir, "events.out.tfevents.*"))
+
+
+def test_rerun_of_a_finished_stage_reuses_its_results(stage1_run):
+  workdir, config, results = stage1_run
+  again = train.train_and_evaluate(config, workdir)
+  assert again["stage1"]["test"] == json.loads(json.dumps(results["stage1"]["test"]))
+
+
+def test_plain_writer_without_tensorflow(tmp_path, monkeypatch):
+  monkeypatch.setattr(writers, "have_tensorflow", lambda: False)
+  w = writers.create_writer(str(tmp_path))
+  w.write_scalars(3, {"a": 1.5})
+  lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+  assert lines[0]["step"] == 3 and lines[0]["a"] == 1.5
+  progress = writers.report_progress(100, w, every_steps=2)
+  progress(0, t=0.0)
+  progress(2, t=1.0)
+  lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+  assert lines[-1]["steps_per_sec"] == pytest.approx(2.0)
+
+
+def _cli(workdir, data_dir, *extra):
+  return [sys.executable, "-m", "fcam_jax.main", "--config=configs/synthetic.py:stage1",
+          f"--workdir={workdir}", f"--config.dataset.data_dir={data_dir}",
+          "--config.dataset.synthetic.image_size=40", "--config.dataset.synthetic.train_size=48",
+          "--config.dataset.synthetic.val_size=12", "--config.dataset.synthetic.test_size=12",
+          "--config.data.resize_size=36", "--config.data.crop_size=32", "--config.data.eval_size=32",
+          "--config.stage1.batch_size=16", "--config.eval.batch_size=8",
+          "--config.eval.val_interval=0.02", "--config.eval.test_interval=0.01", *extra]
+
+
+def _params(workdir):
+  from fcam_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "stage1", "checkpoints"), read_only=True)
+  step = ckpt.latest_step()
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  state = ckpt._mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  return step, state.state
+
+
+def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, data_dir, stage1_run):
+  """SIGKILL after the first epoch's checkpoint; the same command finishes the run,
+  and ends with exactly the parameters and metrics of the uninterrupted `stage1_run`."""
+  straight, config, _ = stage1_run
+  epochs = f"--config.stage1.epochs={config.stage1.epochs}"
+  env = dict(os.environ, PYTHONUNBUFFERED="1")
+  killed = str(tmp_path / "killed")
+  proc = subprocess.Popen(_cli(killed, data_dir, epochs), cwd=REPO, env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  ckpt_dir = os.path.join(killed, "stage1", "checkpoints")
+  deadline = time.time() + 300
+  while time.time() < deadline and proc.poll() is None:
+    done = [d for d in glob.glob(os.path.join(ckpt_dir, "[0-9]*"))
+            if os.path.basename(d).isdigit() and int(os.path.basename(d)) > 0]
+    if done:
+      break
+    time.sleep(0.2)
+  assert proc.poll() is None, "the run ended before it could be killed:\n" + proc.stderr.read()[-3000:]
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert not os.path.exists(os.path.join(killed, "results.json"))
+
+  r = subprocess.run(_cli(killed, data_dir, epochs), cwd=REPO, env=env, capture_output=True,
+                     text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "resuming from step" in r.stderr
+
+  step_a, a = _params(killed)
+  step_b, b = _params(straight)
+  assert step_a == step_b
+  import jax  # pylint: disable=g-import-not-at-top
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  ra = json.load(open(os.path.join(killed, "results.json")))["stage1"]
+  rb = json.load(open(os.path.join(straight, "results.json")))["stage1"]
+  assert ra["history"] == rb["history"] and ra["test"] == rb["test"]
+
+
+def test_four_devices_equal_one_device_on_the_same_global_batch(tmp_path):
+  """Gradients and BatchNorm statistics are averaged over the device axis: 3 steps of
+  the global batch 8 on 4 devices x 2 match 1 device x 8 (atol 1e-5)."""
+  out = {}
+  for n in (1, 4):
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}",
+               PYTHONPATH=REPO)
+    path = str(tmp_path / f"dp{n}.npz")
+    r = subprocess.run([sys.executable, os.path.join(REPO, "tests", "dp_run.py"), path], env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out[n] = np.load(path)
+  assert int(out[1]["devices"]) == 1 and int(out[4]["devices"]) == 4
+  keys = [k for k in out[1].files if k != "devices"]
+  assert keys and sorted(keys) == sorted(k for k in out[4].files if k != "devices")
+  for k in keys:
+    np.testing.assert_allclose(out[4][k], out[1][k], atol=1e-5, rtol=1e-4, err_msg=k)
