@@ -1,0 +1,287 @@
+"""Reader of the wsolevaluation metadata layout (SPEC §8) into ImageRecords, with checks.
+
+`<metadata_root>/<split>/` holds header-less comma-separated files:
+
+  image_ids.txt      path                     (the split's images, in order)
+  class_labels.txt   path,label               (0-based)
+  image_sizes.txt    path,width,height        (optional for OpenImages, which has none)
+  localization.txt   path,x0,y0,x1,y1         (CUB / ILSVRC: one line per box)
+                     path,mask_path,ignore    (OpenImages: one line per instance mask;
+                                               the ignore mask only on the first line)
+
+`localization.txt` may be absent (training splits). Every problem raises MetadataError
+naming the file and line. Image paths are relative to `data_root`, mask paths to
+`mask_root` (for the benchmark's release: `<dataset dir>/OpenImages`).
+"""
+
+import os
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import cv2
+import numpy as np
+
+from fcam_jax.data import images
+from fcam_jax.data.records import ImageRecord
+
+DATASETS = ("CUB", "OpenImages", "ILSVRC")
+FILES = ("image_ids.txt", "class_labels.txt", "image_sizes.txt", "localization.txt")
+
+
+class MetadataError(ValueError):
+  """Bad metadata; the message names the file (and line)."""
+
+
+def _lines(path: str):
+  """(line number, text) of the non-blank lines of a text file."""
+  try:
+    with open(path, encoding="utf-8", newline="") as f:
+      raw = [line.rstrip("\r") for line in f.read().split("\n")]
+  except FileNotFoundError:
+    raise MetadataError(f"{path}: file not found") from None
+  except (OSError, UnicodeDecodeError) as e:
+    raise MetadataError(f"{path}: unreadable ({e})") from e
+  return [(n, line) for n, line in enumerate(raw, 1) if line.strip()]
+
+
+def _fields(path: str, n: int, line: str, count: int, form: str) -> List[str]:
+  fields = line.split(",")
+  if len(fields) != count:
+    raise MetadataError(f"{path}:{n}: malformed line {line!r}; expected {form}")
+  return fields
+
+
+def _number(path: str, n: int, text: str, kind=int, what="value"):
+  try:
+    value = kind(text)
+  except ValueError:
+    kind_name = "an integer" if kind is int else "a number"
+    raise MetadataError(f"{path}:{n}: {what} {text!r} is not {kind_name}") from None
+  if kind is float and not np.isfinite(value):
+    raise MetadataError(f"{path}:{n}: {what} {text!r} is not finite")
+  return value
+
+
+def _check_relative(path: str, n: int, rel: str, what: str):
+  norm = os.path.normpath(rel)
+  if os.path.isabs(rel) or norm == ".." or norm.startswith(".." + os.sep) or not rel:
+    raise MetadataError(f"{path}:{n}: {what} {rel!r} must be a relative path inside its root")
+
+
+def _known_id(path: str, n: int, image_id: str, positions: Dict[str, int]) -> int:
+  if image_id not in positions:
+    raise MetadataError(f"{path}:{n}: image {image_id!r} is not listed in image_ids.txt")
+  return positions[image_id]
+
+
+def split_dir(metadata_root: str, dataset: str, split: str) -> str:
+  """`metadata_root/split`, or `metadata_root/dataset/split` (the repo's own layout)."""
+  for d in (os.path.join(metadata_root, split), os.path.join(metadata_root, dataset, split)):
+    if os.path.isfile(os.path.join(d, "image_ids.txt")):
+      return d
+  raise MetadataError(f"{os.path.join(metadata_root, split, 'image_ids.txt')}: file not found "
+                      f"(nor under {os.path.join(metadata_root, dataset, split)})")
+
+
+def _read_ids(path: str):
+  """[(image id, line)] and {image id: position}."""
+  ids, positions = [], {}
+  for n, line in _lines(path):
+    if "," in line:
+      raise MetadataError(f"{path}:{n}: image id {line!r} contains ','")
+    _check_relative(path, n, line, "image id")
+    if line in positions:
+      raise MetadataError(f"{path}:{n}: duplicate image id {line!r} "
+                          f"(first on line {ids[positions[line]][1]})")
+    positions[line] = len(ids)
+    ids.append((line, n))
+  if not ids:
+    raise MetadataError(f"{path}: no image")
+  return ids, positions
+
+
+def _read_labels(path: str, ids_path: str, ids, positions, num_classes) -> List[int]:
+  labels: List[Optional[int]] = [None] * len(ids)
+  for n, line in _lines(path):
+    image_id, text = _fields(path, n, line, 2, "path,label")
+    i = _known_id(path, n, image_id, positions)
+    if labels[i] is not None:
+      raise MetadataError(f"{path}:{n}: second label for {image_id!r}")
+    label = _number(path, n, text, int, "label")
+    if label < 0 or (num_classes is not None and label >= num_classes):
+      bound = num_classes if num_classes is not None else "inf"
+      raise MetadataError(f"{path}:{n}: label {label} of {image_id!r} is outside [0, {bound})")
+    labels[i] = label
+  for (image_id, n), label in zip(ids, labels):
+    if label is None:
+      raise MetadataError(f"{ids_path}:{n}: image {image_id!r} has no label in {path}")
+  return labels
+
+
+def _read_sizes(path: str, ids_path: str, ids, positions) -> List[Tuple[int, int]]:
+  sizes: List[Optional[Tuple[int, int]]] = [None] * len(ids)
+  for n, line in _lines(path):
+    image_id, w, h = _fields(path, n, line, 3, "path,width,height")
+    i = _known_id(path, n, image_id, positions)
+    if sizes[i] is not None:
+      raise MetadataError(f"{path}:{n}: second size for {image_id!r}")
+    w, h = _number(path, n, w, int, "width"), _number(path, n, h, int, "height")
+    if w <= 0 or h <= 0:
+      raise MetadataError(f"{path}:{n}: image size {w}x{h} of {image_id!r} is not positive")
+    sizes[i] = (w, h)
+  for (image_id, n), size in zip(ids, sizes):
+    if size is None:
+      raise MetadataError(f"{ids_path}:{n}: image {image_id!r} has no size in {path}")
+  return sizes
+
+
+def _read_boxes(path: str, ids, positions, sizes) -> List[list]:
+  """Per image, its boxes (x0, y0, x1, y1), checked against the image size if known."""
+  boxes: List[list] = [[] for _ in ids]
+  for n, line in _lines(path):
+    image_id, *coords = _fields(path, n, line, 5, "path,x0,y0,x1,y1")
+    i = _known_id(path, n, image_id, positions)
+    x0, y0, x1, y1 = (_number(path, n, c, float, "box coordinate") for c in coords)
+    box = f"box {x0:g},{y0:g},{x1:g},{y1:g} of {image_id!r}"
+    if x1 < x0 or y1 < y0:
+      raise MetadataError(f"{path}:{n}: {box} has x1 < x0 or y1 < y0")
+    w, h = sizes[i] or (np.inf, np.inf)
+    if x0 < 0 or y0 < 0 or x1 > w or y1 > h:
+      raise MetadataError(f"{path}:{n}: {box} is outside the {w}x{h} image")
+    boxes[i].append((x0, y0, x1, y1))
+  return boxes
+
+
+def _read_masks(path: str, ids, positions, mask_root: str):
+  """Per image, [(mask path, line)] and its ignore path ('' = none)."""
+  masks: List[list] = [[] for _ in ids]
+  ignores = [""] * len(ids)
+  for n, line in _lines(path):
+    image_id, mask, ignore = _fields(path, n, line, 3, "path,mask_path,ignore_path")
+    i = _known_id(path, n, image_id, positions)
+    _check_relative(path, n, mask, "mask path")
+    if masks[i] and ignore:
+      raise MetadataError(f"{path}:{n}: ignore path {ignore!r} of {image_id!r} is not on "
+                          "the image's first line (only the first line may name it)")
+    if ignore:
+      _check_relative(path, n, ignore, "ignore path")
+      ignores[i] = os.path.abspath(os.path.join(mask_root, ignore))
+    masks[i].append((os.path.abspath(os.path.join(mask_root, mask)), n))
+  return masks, ignores
+
+
+def _check_mask_files(path: str, ids, masks, ignores, sizes):
+  """Every mask file readable and of its image's size."""
+  for k, (image_id, _) in enumerate(ids):
+    named = list(masks[k]) + ([(ignores[k], masks[k][0][1])] if ignores[k] else [])
+    for mask_path, n in named:
+      try:
+        size = images.image_size(mask_path)
+      except images.ImageError as e:
+        raise MetadataError(f"{path}:{n}: {e}") from e
+      if size != sizes[k]:
+        raise MetadataError(f"{path}:{n}: mask {mask_path} is {size[0]}x{size[1]}; "
+                            f"the image {image_id!r} is {sizes[k][0]}x{sizes[k][1]}")
+
+
+def read_split(dataset: str, metadata_root: str, split: str, data_root: str = "",
+               mask_root: str = "", check_files: bool = True,
+               num_classes: Optional[int] = None) -> List[ImageRecord]:
+  """The records of `<metadata_root>/<split>`, in image_ids.txt order (index = position).
+
+  check_files: also require the image (and mask) files and mask sizes to match the
+  image; image sizes missing from the metadata (OpenImages) are then read from the
+  image headers where they are needed (box or mask ground truth). Otherwise no file but
+  the metadata is opened and missing sizes are 0.
+  """
+  if dataset not in DATASETS:
+    raise MetadataError(f"unknown dataset {dataset!r}; one of {', '.join(DATASETS)}")
+  if check_files and not data_root:
+    raise MetadataError("check_files needs data_root (the image folder)")
+  root = split_dir(metadata_root, dataset, split)
+  ids_path, labels_path, sizes_path, loc_path = (os.path.join(root, f) for f in FILES)
+  has_localization = os.path.isfile(loc_path)
+
+  ids, positions = _read_ids(ids_path)
+  labels = _read_labels(labels_path, ids_path, ids, positions, num_classes)
+  paths = [os.path.abspath(os.path.join(data_root, i)) if data_root else "" for i, _ in ids]
+  if check_files:
+    for (image_id, n), path in zip(ids, paths):
+      if not os.path.isfile(path):
+        raise MetadataError(f"{ids_path}:{n}: image file {path} not found")
+
+  sizes: List[Optional[Tuple[int, int]]] = [None] * len(ids)
+  if os.path.isfile(sizes_path):
+    sizes = _read_sizes(sizes_path, ids_path, ids, positions)
+  elif check_files and (dataset != "OpenImages" or has_localization):
+    for k, path in enumerate(paths):  # OpenImages ships no sizes: read the headers
+      try:
+        sizes[k] = images.image_size(path)
+      except images.ImageError as e:
+        raise MetadataError(f"{ids_path}:{ids[k][1]}: {e}") from e
+  elif dataset != "OpenImages":
+    raise MetadataError(f"{sizes_path}: file not found (box datasets need image sizes)")
+
+  boxes: List[list] = [[] for _ in ids]
+  masks: List[list] = [[] for _ in ids]
+  ignores = [""] * len(ids)
+  if has_localization and dataset == "OpenImages":
+    masks, ignores = _read_masks(loc_path, ids, positions, mask_root)
+    if check_files:
+      _check_mask_files(loc_path, ids, masks, ignores, sizes)
+  elif has_localization:
+    boxes = _read_boxes(loc_path, ids, positions, sizes)
+  if has_localization:
+    for (image_id, n), b, m in zip(ids, boxes, masks):
+      if not (b or m):
+        raise MetadataError(f"{ids_path}:{n}: image {image_id!r} has no entry in {loc_path}")
+
+  return [ImageRecord(index=k, image_id=image_id, path=paths[k], label=labels[k],
+                      width=(sizes[k] or (0, 0))[0], height=(sizes[k] or (0, 0))[1],
+                      boxes=np.asarray(boxes[k], np.float32).reshape(-1, 4),
+                      mask_paths=tuple(p for p, _ in masks[k]), ignore_path=ignores[k])
+          for k, (image_id, _) in enumerate(ids)]
+
+
+def _read_mask(path: str, size: int) -> np.ndarray:
+  """A mask file as grayscale, resized straight to size x size (nearest), non-zero = True."""
+  mask = cv2.imread(path, cv2.IMREAD_GRAYSCALE) if os.path.isfile(path) else None
+  if mask is None:
+    raise images.ImageError(f"{path}: missing or unreadable mask")
+  return cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST) > 0
+
+
+def load_masks(record: ImageRecord, map_size: int) -> Tuple[np.ndarray, np.ndarray]:
+  """(foreground, ignore) bool (S, S): union of the instance masks; ignore minus foreground."""
+  if not record.mask_paths:
+    raise images.ImageError(f"{record.image_id}: no instance mask to evaluate against")
+  fg = np.zeros((map_size, map_size), bool)
+  for path in record.mask_paths:
+    fg |= _read_mask(path, map_size)
+  ignore = _read_mask(record.ignore_path, map_size) if record.ignore_path else np.zeros_like(fg)
+  return fg, ignore & ~fg
+
+
+def openimages_mask_loader(records: Sequence[ImageRecord], map_size: int = 224,
+                           cache: bool = True) -> Callable[[int], Tuple[np.ndarray, np.ndarray]]:
+  """index -> (foreground, ignore) at map size, for MaskEvaluator.
+
+  With `cache`, masks are kept bit-packed after the first read (val is evaluated every
+  epoch: 2500 images take ~30 MB).
+  """
+  by_index = {r.index: r for r in records}
+  packed: Dict[int, Tuple[np.ndarray, np.ndarray]] = {}
+
+  def load(index: int) -> Tuple[np.ndarray, np.ndarray]:
+    if index in packed:
+      fg, ignore = packed[index]
+      n = map_size * map_size
+      return (np.unpackbits(fg, count=n).astype(bool).reshape(map_size, map_size),
+              np.unpackbits(ignore, count=n).astype(bool).reshape(map_size, map_size))
+    if index not in by_index:
+      raise KeyError(f"no record with index {index}")
+    fg, ignore = load_masks(by_index[index], map_size)
+    if cache:
+      packed[index] = (np.packbits(fg), np.packbits(ignore))
+    return fg, ignore
+
+  return load
