@@ -2,7 +2,7 @@
 
 Each image shows one object on a textured background. The object's body (a wobbly
 ellipse with a coherent colour and texture) is shared by every class; the class is
-given only by a small glyph (shape + colour) somewhere on the body. A classifier
+given only by a small glyph (shape + colour, on a dark badge) somewhere on the body. A classifier
 needs only the glyph, so a plain CAM lights the glyph, not the object: the
 situation F-CAM exists for. Ground truth: the object's mask and its box.
 
@@ -31,7 +31,8 @@ _GLYPH_ROWS = {
 }
 GLYPHS = tuple(_GLYPH_ROWS)
 _GLYPH_COLOURS = np.array([(230, 30, 30), (30, 60, 230), (250, 220, 20), (20, 200, 60),
-                           (200, 40, 220), (20, 220, 220), (255, 140, 0), (15, 15, 15)], np.float32)
+                           (200, 40, 220), (20, 220, 220), (255, 140, 0), (245, 245, 245)], np.float32)
+_BADGE = np.array((35, 35, 35), np.float32)
 SPLITS = ("train", "val", "test")
 
 
@@ -58,8 +59,8 @@ def render(rng: np.random.Generator, size: int, label: int) -> Tuple[np.ndarray,
   image = c0 + (c1 - c0) * blend[..., None]
 
   # Object: an ellipse with a wobbly boundary.
-  cy, cx = rng.uniform(0.3, 0.7, 2) * size
-  ry, rx = rng.uniform(0.18, 0.33, 2) * size
+  cy, cx = rng.uniform(0.25, 0.75, 2) * size
+  ry, rx = rng.uniform(0.12, 0.34, 2) * size
   phi = rng.uniform(0, np.pi)
   dy, dx = yy - cy, xx - cx
   u = (dx * np.cos(phi) + dy * np.sin(phi)) / rx
@@ -76,20 +77,19 @@ def render(rng: np.random.Generator, size: int, label: int) -> Tuple[np.ndarray,
   body_px = body[None, None, :] * (1.0 - 0.18 * spots[..., None])
   image = np.where(mask[..., None], body_px, image)
 
-  # The class glyph, placed where it lies fully inside the object.
+  # The class glyph on a dark badge, placed where the badge lies inside the object.
   glyph = _glyph(GLYPHS[label])
-  scale = max(1, int(round(size * 0.15 / glyph.shape[0])))
-  glyph = np.kron(glyph, np.ones((scale, scale), bool))
+  scale = max(1, int(size * 0.12 / glyph.shape[0]))
+  glyph = np.pad(np.kron(glyph, np.ones((scale, scale), bool)), 1)
   g = glyph.shape[0]
   inside = np.argwhere(_erode_square(mask, g)[: size - g + 1, : size - g + 1]) if g < size else []
   if len(inside):
     y0, x0 = inside[rng.integers(len(inside))]
-  else:  # a tiny object: centre the glyph on it.
+  else:  # a tiny object: centre the badge on it.
     y0 = int(np.clip(cy - g / 2, 0, size - g))
     x0 = int(np.clip(cx - g / 2, 0, size - g))
-  patch = image[y0:y0 + g, x0:x0 + g]
-  patch[glyph] = _GLYPH_COLOURS[label]
-  mask[y0:y0 + g, x0:x0 + g] |= glyph
+  image[y0:y0 + g, x0:x0 + g] = np.where(glyph[..., None], _GLYPH_COLOURS[label], _BADGE)
+  mask[y0:y0 + g, x0:x0 + g] = True
 
   image = image + rng.normal(0, 6, image.shape)
   return np.clip(image, 0, 255).astype(np.uint8), mask
