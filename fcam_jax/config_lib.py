@@ -5,6 +5,7 @@ recipe (SPEC §7), then applies `arg`: comma-separated tokens, each a backbone n
 CAM method or a stage selector, e.g. `configs/cub.py:vgg16,gradcampp,stage2`.
 """
 
+import os
 from typing import Any, Iterable, Optional
 
 import ml_collections
@@ -58,6 +59,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   c.model.backbone = "resnet50"
   c.model.num_classes = 200
+  c.model.pretrained = ""      # ImageNet weights for the backbone (fcam_jax.weights.convert)
 
   c.cam = ml_collections.ConfigDict()
   c.cam.method = "cam"
@@ -195,6 +197,10 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   for t in config.eval.iou_thresholds:
     if not 0 < t <= 100:
       raise ConfigError(f"config.eval.iou_thresholds has {t!r}: IoU thresholds are percents in (0, 100]")
+  if config.model.pretrained and not os.path.isfile(config.model.pretrained):
+    raise ConfigError(f"config.model.pretrained={config.model.pretrained!r}: no such file")
+  if config.model.pretrained and config.model.backbone == "small":
+    raise ConfigError("config.model.pretrained: there are no ImageNet weights for the small backbone")
   if config.dataset.name == "synthetic":
     if not config.dataset.data_dir:
       raise ConfigError("config.dataset.data_dir is empty: the synthetic dataset needs a TFDS data dir")

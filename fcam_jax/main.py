@@ -95,10 +95,11 @@ def main(argv):
     _fail(str(e))
   logging.info("JAX: %d processes, %d devices (%s)", jax.process_count(), jax.device_count(),
                jax.devices()[0].platform)
-  from fcam_jax import train  # pylint: disable=g-import-not-at-top
+  from fcam_jax import checkpoint, train, weights  # pylint: disable=g-import-not-at-top
   try:
     train.train_and_evaluate(config, _WORKDIR.value)
-  except config_lib.ConfigError as e:
+  except (config_lib.ConfigError, checkpoint.CheckpointNotFoundError, FileNotFoundError,
+          weights.PretrainedError) as e:
     _fail(str(e))
 
 

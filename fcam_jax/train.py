@@ -27,6 +27,7 @@ from fcam_jax import metrics as metrics_lib
 from fcam_jax import optim
 from fcam_jax import parallel
 from fcam_jax import steps
+from fcam_jax import weights
 from fcam_jax import writers
 from fcam_jax.data import pipeline
 from fcam_jax.data import sources
@@ -147,8 +148,15 @@ class _MeanMetrics:
 def run_stage(*, name: str, config, workdir: str, splits: Dict[str, sources.Split], writer,
               state: steps.TrainState, train_step: Callable,
               map_fn: Callable, variables_of: Callable, map_names=("cam",),
-              end_of_epoch: Optional[Callable] = None, stage_config) -> Dict:
-  """The epoch loop shared by both stages; returns the stage's results dict."""
+              test_map_fn: Optional[Callable] = None, test_map_names=None,
+              end_of_epoch: Optional[Callable] = None, summarize: Optional[Callable] = None,
+              stage_config) -> Dict:
+  """The epoch loop shared by both stages; returns the stage's results dict.
+
+  `map_fn(variables, batch, rng) -> (logits, *maps)` gives the maps named
+  `map_names` on val; the last one selects the checkpoint. `test_map_fn` /
+  `test_map_names` (default: the same) give the maps reported on test.
+  """
   stage_dir = os.path.join(workdir, name)
   results_path = os.path.join(stage_dir, "results.json")
   if os.path.exists(results_path):
@@ -216,8 +224,9 @@ def run_stage(*, name: str, config, workdir: str, splits: Dict[str, sources.Spli
   best_state, _ = ckpt.restore(best, state)
   best_epoch = best // spe
   logging.info("%s: testing the best checkpoint (step %d, epoch %d)", name, best, best_epoch)
-  test = evaluate(map_fn, variables_of(parallel.replicate(best_state)), splits["test"], config,
-                  config.eval.test_interval, eval_rng, map_names)
+  test = evaluate(test_map_fn or map_fn, variables_of(parallel.replicate(best_state)),
+                  splits["test"], config, config.eval.test_interval, eval_rng,
+                  test_map_names or map_names)
   for map_name, metrics in test.items():
     writer.write_scalars(step, {f"{name}/test/{map_name}/{k}": v for k, v in _scalars(metrics).items()})
   ckpt.close()
@@ -225,6 +234,8 @@ def run_stage(*, name: str, config, workdir: str, splits: Dict[str, sources.Spli
          "selection_metric": selection,
          "val_at_best": next((h for h in meta["history"] if h["step"] == best), None),
          "history": meta["history"], "test": test}
+  if summarize is not None:
+    out.update(summarize(out))
   _write_json(results_path, out)
   return out
 
@@ -238,6 +249,10 @@ def train_classifier(config, workdir: str, splits, writer) -> Dict:
   key = jax.random.key(config.seed)
   variables = jax.jit(functools.partial(model.init, train=False))(
       key, jnp.zeros((1, size, size, 3), dtype))
+  if config.model.pretrained:
+    variables, report = weights.load_pretrained(config.model.pretrained, variables,
+                                                config.model.backbone)
+    logging.info("stage1: backbone weights from %s\n%s", config.model.pretrained, report)
   params = variables["params"]
   spe = pipeline.steps_per_epoch(len(splits["train"]), config.stage1.batch_size)
   mult = optim.group_multipliers(params, optim.classifier_group(backbone_cls),

@@ -97,3 +97,12 @@ def test_cli_missing_config_file(tmp_path):
   r = _main("--config=configs/nothere.py", f"--workdir={tmp_path}")
   assert r.returncode == 2 and "config file not found: configs/nothere.py" in r.stderr
   assert "Traceback" not in r.stderr
+
+
+def test_pretrained_must_exist_and_fit_the_backbone(tmp_path):
+  with pytest.raises(config_lib.ConfigError, match="config.model.pretrained='/no/such.npz': no such file"):
+    tiny_config(str(tmp_path), **{"model.pretrained": "/no/such.npz"})
+  weights = tmp_path / "w.npz"
+  weights.write_bytes(b"")
+  with pytest.raises(config_lib.ConfigError, match="small backbone"):
+    tiny_config(str(tmp_path), **{"model.pretrained": str(weights)})
