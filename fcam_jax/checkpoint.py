@@ -58,6 +58,10 @@ class Checkpointer:
     logging.info("restored %s step %d", self.directory, step)
     return out.state, out.meta
 
+  def restore_raw(self, step: int) -> Any:
+    """The state as saved (nested dicts of arrays), without a target structure."""
+    return self._mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore())).state
+
   def restore_meta(self, step: int) -> Dict:
     return self._mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
 

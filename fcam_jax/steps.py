@@ -38,6 +38,12 @@ def step_key(state: TrainState, *extra: int) -> jax.Array:
   return key
 
 
+def image_keys(state: TrainState, indices: jnp.ndarray) -> jax.Array:
+  """(B,) PRNG keys unique to (step, image index): the same whatever the device layout."""
+  key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+  return jax.vmap(lambda i: jax.random.fold_in(key, i))(indices)
+
+
 def cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarray:
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
