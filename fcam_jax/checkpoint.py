@@ -22,6 +22,10 @@ def _is_typed_key(x):
   return isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
 
 
+def _score(metrics: Dict) -> float:
+  return metrics["score"]
+
+
 class Checkpointer:
   """Saves/restores `(state, meta)`; keeps the latest and the best step."""
 
@@ -29,10 +33,13 @@ class Checkpointer:
     self.directory = os.path.abspath(directory)
     policy = checkpoint_managers.AnyPreservationPolicy([
         checkpoint_managers.LatestN(n=1),
-        checkpoint_managers.BestN(get_metric_fn=lambda m: m["score"],
+        checkpoint_managers.BestN(get_metric_fn=_score,
                                   reverse=(mode == "min"), n=1),
     ])
-    options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=not read_only,
+    # best_fn/best_mode make best_step() return the best step (without them it is the
+    # latest); the preservation policy decides what is kept.
+    options = ocp.CheckpointManagerOptions(preservation_policy=policy, best_fn=_score,
+                                           best_mode=mode, create=not read_only,
                                            read_only=read_only,
                                            enable_async_checkpointing=False)
     self._mngr = ocp.CheckpointManager(self.directory, options=options,
@@ -70,11 +77,11 @@ class Checkpointer:
     self._mngr.close()
 
 
-def open_best(directory: str) -> Tuple[Checkpointer, int]:
+def open_best(directory: str, mode: str = "max") -> Tuple[Checkpointer, int]:
   """The checkpointer of a finished stage and its best step, or a clear error."""
   if not os.path.isdir(directory):
     raise CheckpointNotFoundError(f"no checkpoint directory {directory}")
-  ckpt = Checkpointer(directory, read_only=True)
+  ckpt = Checkpointer(directory, mode=mode, read_only=True)
   step = ckpt.best_step()
   if step is None:
     step = ckpt.latest_step()

@@ -142,7 +142,7 @@ def train_decoder(config, workdir: str, splits, writer) -> Dict:
             for with_cam in (False, True)}
 
   def end_of_epoch(state_r):
-    t = jnp.minimum(state_r.aux["elb_t"] * config.fcam.size.t_mult, config.fcam.size.t_max)
+    t = losses.next_t(state_r.aux["elb_t"], config.fcam.size.t_mult, config.fcam.size.t_max)
     return state_r.replace(aux={**state_r.aux, "elb_t": t})
 
   return train.run_stage(
