@@ -187,14 +187,8 @@ class BoxEvaluator:
             "correct_top5": self.correct_top5.copy(), **self.cls.state()}
 
   def merge_state(self, state: Mapping[str, np.ndarray]):
-    for key in ("correct", "correct_all", "correct_top1", "correct_top5"):
-      value = np.asarray(state[key])
-      if value.shape != getattr(self, key).shape:
-        raise ValueError(f"cannot merge {key} of shape {value.shape} into "
-                         f"{getattr(self, key).shape} (different thresholds or IoU deltas)")
-      setattr(self, key, getattr(self, key) + value.astype(np.int64))
-    self.count += int(state["count"])
-    self.cls.merge_state(state)
+    common.add_counts(self, state, ("correct", "correct_all", "correct_top1", "correct_top5"),
+                      "different thresholds or IoU deltas")
 
   def merge(self, other: "BoxEvaluator"):
     self.merge_state(other.state())

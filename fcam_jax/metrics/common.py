@@ -49,6 +49,18 @@ def topk_hits(logits, labels, ks=(1, 5)) -> Dict[int, np.ndarray]:
   return {k: (order[:, :k] == labels[:, None]).any(axis=1) for k in ks}
 
 
+def add_counts(target, state: Mapping[str, np.ndarray], keys, differ: str):
+  """target.<key> += state[key] for each key, refusing arrays of another shape."""
+  for key in keys:
+    value = np.asarray(state[key])
+    if value.shape != getattr(target, key).shape:
+      raise ValueError(f"cannot merge {key} of shape {value.shape} into "
+                       f"{getattr(target, key).shape} ({differ})")
+    setattr(target, key, getattr(target, key) + value.astype(np.int64))
+  target.count += int(state["count"])
+  target.cls.merge_state(state)
+
+
 class ClassificationCounts:
   """Streaming top-1 / top-5 classification accuracy."""
 

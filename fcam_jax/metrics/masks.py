@@ -132,14 +132,7 @@ class MaskEvaluator:
             "bg_hist": self.bg_hist.copy(), **self.cls.state()}
 
   def merge_state(self, state: Mapping[str, np.ndarray]):
-    for key in ("fg_hist", "bg_hist"):
-      value = np.asarray(state[key])
-      if value.shape != getattr(self, key).shape:
-        raise ValueError(f"cannot merge {key} of shape {value.shape} into "
-                         f"{getattr(self, key).shape} (different thresholds)")
-      setattr(self, key, getattr(self, key) + value.astype(np.int64))
-    self.count += int(state["count"])
-    self.cls.merge_state(state)
+    common.add_counts(self, state, ("fg_hist", "bg_hist"), "different thresholds")
 
   def merge(self, other: "MaskEvaluator"):
     self.merge_state(other.state())
