@@ -36,7 +36,6 @@ def base_config() -> ml_collections.ConfigDict:
   c.seed = 0
   c.stages = "both"            # stage1 | stage2 | both
   c.half_precision = False     # bf16 activations, fp32 params and losses
-  c.parallel = "pmap"
 
   c.dataset = ml_collections.ConfigDict()
   c.dataset.name = "CUB"
@@ -54,7 +53,6 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.num_workers = 0       # grain worker processes (0: threads in this process)
   c.data.read_threads = 4
   c.data.prefetch = 64        # grain prefetch buffer, in images
-  c.data.on_error = "fail"     # fail | skip, for unreadable images
 
   c.model = ml_collections.ConfigDict()
   c.model.backbone = "resnet50"
@@ -122,7 +120,6 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.test_interval = 0.001  # threshold step on test
   c.eval.iou_thresholds = (30, 50, 70)
   c.eval.selection_metric = "MaxBoxAcc"
-  c.eval.every_epochs = 1
 
   c.log_every_steps = 50
   c.checkpoint_every_epochs = 1
@@ -171,8 +168,6 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _choice(config, "cam.method", CAM_METHODS)
   _choice(config, "dataset.name", DATASETS)
   _choice(config, "stages", STAGES)
-  _choice(config, "parallel", ("pmap",))
-  _choice(config, "data.on_error", ("fail", "skip"))
   _choice(config, "eval.selection_metric", SELECTION_METRICS)
   _positive(config, "model.num_classes", "data.resize_size", "data.crop_size",
             "data.eval_size", "stage1.batch_size", "stage2.batch_size", "eval.batch_size",
@@ -180,7 +175,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
             "cam.smooth_samples", "cam.scorecam_chunk", "cam.ablationcam_chunk",
             "fcam.crf.sigma_rgb", "fcam.crf.sigma_xy", "fcam.crf.scale", "fcam.crf.grid_cell",
             "fcam.size.t_init", "fcam.size.t_mult", "fcam.size.t_max",
-            "log_every_steps", "checkpoint_every_epochs", "eval.every_epochs")
+            "log_every_steps", "checkpoint_every_epochs")
   _positive(config, "stage1.epochs", "stage2.epochs", "stage1.weight_decay",
             "stage2.weight_decay", "data.num_workers", "cam.smooth_std",
             "fcam.seeds.sl_max", "fcam.seeds.sl_min", "stage1.lr_decay_epochs",

@@ -6,7 +6,7 @@ statistics over the same axis, so N devices compute what one device would on the
 whole global batch.
 """
 
-from typing import Any, Callable, Dict
+from typing import Any, Dict
 
 import flax
 import jax
@@ -72,20 +72,17 @@ def classifier_train_step(state: TrainState, batch: Dict, *, model, tx: optax.Gr
   return new_state, metrics
 
 
-def classifier_maps(variables, batch: Dict, rng, *, model, cam_method: str, cam_tap: str,
-                    cam_options, map_size: int, dtype=jnp.float32):
-  """Logits and the normalized, upsampled CAM of each image's label (SPEC §4)."""
+def cam_maps(model, variables, taps: Dict, images, labels, rng, cam_config):
+  """The CAM of each image's label from a forward pass's taps, min-max normalized and
+  upsampled to the input size (SPEC §4). `cam_config` is `config.cam`."""
+  cams = cam_lib.compute_from_taps(cam_config.method, model, variables, taps, labels,
+                                   images=images, tap=cam_config.tap or None, rng=rng,
+                                   options=cam_config)
+  return cam_lib.upsample(cam_lib.normalize(cams.astype(jnp.float32)), images.shape[1:3])
+
+
+def classifier_maps(variables, batch: Dict, rng, *, model, cam_config, dtype=jnp.float32):
+  """Logits and the CAMs of the images' labels, at the (eval) image size."""
   x = normalize(batch["image"], dtype)
   logits, taps = model.apply(variables, x, train=False)
-  cams = cam_lib.compute_from_taps(cam_method, model, variables, taps, batch["label"], images=x,
-                                   tap=cam_tap, rng=rng, options=cam_options)
-  maps = cam_lib.upsample(cam_lib.normalize(cams.astype(jnp.float32)), (map_size, map_size))
-  return logits, maps
-
-
-def pmap_train_step(fn: Callable, **kwargs):
-  return jax.pmap(lambda s, b: fn(s, b, **kwargs), axis_name=AXIS, donate_argnums=(0,))
-
-
-def pmap_eval(fn: Callable, **kwargs):
-  return jax.pmap(lambda v, b, r: fn(v, b, r, **kwargs), axis_name=AXIS)
+  return logits, cam_maps(model, variables, taps, x, batch["label"], rng, cam_config)

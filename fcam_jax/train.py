@@ -88,6 +88,11 @@ def evaluate(map_fn: Callable, variables, split: sources.Split, config, interval
   for name in names:
     merged = {}
     for ev in evaluators[name]:
+      if jax.process_count() > 1:  # each process saw its shard: sum the counts
+        from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+        gathered = multihost_utils.process_allgather(ev.state())
+        ev.reset()
+        ev.merge_state({k: np.asarray(v).sum(0) for k, v in gathered.items()})
       merged.update(ev.compute())
     results[name] = merged
   return results
@@ -261,10 +266,11 @@ def train_classifier(config, workdir: str, splits, writer) -> Dict:
   state = steps.TrainState(step=jnp.array(0, jnp.int32), params=params,
                            batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
                            rng=jax.random.key_data(jax.random.fold_in(key, 1)), aux={})
-  train_step = steps.pmap_train_step(steps.classifier_train_step, model=model, tx=tx, dtype=dtype)
-  map_fn = steps.pmap_eval(steps.classifier_maps, model=model, cam_method=config.cam.method,
-                           cam_tap=config.cam.tap or None, cam_options=config.cam,
-                           map_size=config.data.eval_size, dtype=dtype)
+  train_step = jax.pmap(functools.partial(steps.classifier_train_step, model=model, tx=tx,
+                                           dtype=dtype), axis_name=parallel.AXIS,
+                         donate_argnums=(0,))
+  map_fn = jax.pmap(functools.partial(steps.classifier_maps, model=model, cam_config=config.cam,
+                                      dtype=dtype), axis_name=parallel.AXIS)
   return run_stage(
       name="stage1", config=config, workdir=workdir, splits=splits, writer=writer,
       state=state, train_step=train_step, map_fn=map_fn,

@@ -17,7 +17,6 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fcam_jax import cams as cam_lib
 from fcam_jax import checkpoint as ckpt_lib
 from fcam_jax import config_lib
 from fcam_jax import losses
@@ -49,14 +48,6 @@ def load_classifier(config, workdir: str):
   return {"params": state["params"], "batch_stats": state["batch_stats"]}, step
 
 
-def _cam_maps(classifier, clf_vars, taps, x, labels, rng, config):
-  """Normalized CAMs of `labels` upsampled to the input size (SPEC §4)."""
-  cams = cam_lib.compute_from_taps(config.cam.method, classifier, clf_vars, taps, labels,
-                                   images=x, tap=config.cam.tap or None, rng=rng,
-                                   options=config.cam)
-  return cam_lib.upsample(cam_lib.normalize(cams.astype(jnp.float32)), x.shape[1:3])
-
-
 def _decoder_taps(taps, backbone_cls):
   return [jax.lax.stop_gradient(taps[name]) for name in backbone_cls.DECODER_TAPS]
 
@@ -68,7 +59,8 @@ def fcam_train_step(state: steps.TrainState, batch: Dict, clf_vars, *, classifie
   x = normalize(batch["image"], dtype)
   size = x.shape[1:3]
   _, taps = classifier.apply(clf_vars, x, train=False)
-  cam = _cam_maps(classifier, clf_vars, taps, x, batch["label"], steps.step_key(state, 1), config)
+  cam = steps.cam_maps(classifier, clf_vars, taps, x, batch["label"], steps.step_key(state, 1),
+                       config.cam)
   s = config.fcam.seeds
   seeds = losses.sample_seeds(jax.lax.stop_gradient(cam), steps.image_keys(state, batch["index"]),
                               n_minus=s.n_minus, sl_max=s.sl_max, sl_min=s.sl_min,
@@ -105,7 +97,7 @@ def fcam_maps(variables, batch: Dict, rng, *, classifier, decoder, config, with_
   fcam = jax.nn.softmax(out.astype(jnp.float32), axis=-1)[..., 1]
   if not with_cam:
     return logits, fcam
-  return logits, _cam_maps(classifier, clf_vars, taps, x, batch["label"], rng, config), fcam
+  return logits, steps.cam_maps(classifier, clf_vars, taps, x, batch["label"], rng, config.cam), fcam
 
 
 def train_decoder(config, workdir: str, splits, writer) -> Dict:

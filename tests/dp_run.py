@@ -4,6 +4,7 @@ Used by test_train.py under different XLA_FLAGS device counts:
   python tests/dp_run.py OUT.npz
 """
 
+import functools
 import sys
 
 import jax
@@ -28,7 +29,8 @@ def main(out):
                            batch_stats=variables["batch_stats"],
                            opt_state=tx.init(variables["params"]),
                            rng=jax.random.key_data(key), aux={})
-  train_step = steps.pmap_train_step(steps.classifier_train_step, model=model, tx=tx)
+  train_step = jax.pmap(functools.partial(steps.classifier_train_step, model=model, tx=tx),
+                        axis_name=parallel.AXIS)
   state_r = parallel.replicate(state)
   rng = np.random.default_rng(0)
   for _ in range(3):
