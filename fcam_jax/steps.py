@@ -29,10 +29,13 @@ class TrainState:
   aux: Dict[str, jnp.ndarray]  # stage-specific scalars (stage 2: the ELB's t)
 
 
+def _this_step(state: TrainState) -> jax.Array:
+  return jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+
+
 def step_key(state: TrainState, *extra: int) -> jax.Array:
   """A PRNG key unique to (step, device, extra): nothing to carry between steps."""
-  key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-  key = jax.random.fold_in(key, jax.lax.axis_index(AXIS))
+  key = jax.random.fold_in(_this_step(state), jax.lax.axis_index(AXIS))
   for e in extra:
     key = jax.random.fold_in(key, e)
   return key
@@ -40,7 +43,7 @@ def step_key(state: TrainState, *extra: int) -> jax.Array:
 
 def image_keys(state: TrainState, indices: jnp.ndarray) -> jax.Array:
   """(B,) PRNG keys unique to (step, image index): the same whatever the device layout."""
-  key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+  key = _this_step(state)
   return jax.vmap(lambda i: jax.random.fold_in(key, i))(indices)
 
 

@@ -58,19 +58,6 @@ class JsonlWriter:
     pass
 
 
-class _Both:
-  """Fans every call out to several writers."""
-
-  def __init__(self, *writers):
-    self._writers = writers
-
-  def __getattr__(self, name):
-    def call(*args, **kwargs):
-      for w in self._writers:
-        getattr(w, name)(*args, **kwargs)
-    return call
-
-
 def create_writer(logdir: str, process_index: int = 0, use_tensorboard: Optional[bool] = None):
   """CLU's default writer (TensorBoard + logging) plus metrics.jsonl on process 0.
 
@@ -86,7 +73,8 @@ def create_writer(logdir: str, process_index: int = 0, use_tensorboard: Optional
     logging.info("TensorFlow is not installed: metrics go to %s/metrics.jsonl only", logdir)
     return jsonl
   from clu import metric_writers  # pylint: disable=g-import-not-at-top
-  return _Both(metric_writers.create_default_writer(logdir, asynchronous=False), jsonl)
+  return metric_writers.MultiWriter(
+      [metric_writers.create_default_writer(logdir, asynchronous=False), jsonl])
 
 
 class _PlainProgress:
