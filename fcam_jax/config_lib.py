@@ -5,8 +5,9 @@ recipe (SPEC §7), then applies `arg`: comma-separated tokens, each a backbone n
 CAM method or a stage selector, e.g. `configs/cub.py:vgg16,gradcampp,stage2`.
 """
 
+import itertools
 import os
-from typing import Any, Iterable, Optional
+from typing import Any, Dict, Iterable, List, Optional
 
 import ml_collections
 
@@ -142,6 +143,17 @@ def apply_arg(config: ml_collections.ConfigDict, arg: Optional[str]) -> ml_colle
           f"config argument {token!r} is not a backbone ({', '.join(BACKBONES)}), "
           f"a CAM method ({', '.join(CAM_METHODS)}) or a stage ({', '.join(STAGES)})")
   return config
+
+
+def axis(key: str, values: Iterable[Any]) -> List[Dict[str, Any]]:
+  """Sweep variants (fcam_jax.sweep): one per value of the config key `key`."""
+  return [{key: v} for v in values]
+
+
+def product(*axes: Iterable[Dict[str, Any]]) -> List[Dict[str, Any]]:
+  """Sweep variants: every combination of the axes' variants (later axes vary fastest)."""
+  return [dict(itertools.chain.from_iterable(d.items() for d in combo))
+          for combo in itertools.product(*axes)]
 
 
 def _choice(config, key: str, choices: Iterable[Any]):

@@ -19,14 +19,14 @@ from ml_collections import config_flags
 
 from fcam_jax import config_lib
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
-_CONFIG = config_flags.DEFINE_config_file(
+WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
+CONFIG = config_flags.DEFINE_config_file(
     "config", None, "A configs/*.py file, optionally with ':backbone,method,stage'.",
     lock_config=True)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def _fail(message: str):
+def fail(message: str):
   print(f"error: {message}", file=sys.stderr)
   sys.exit(2)
 
@@ -67,7 +67,7 @@ def parse_flags(argv):
     if arg.startswith("--config="):
       path = arg.split("=", 1)[1].partition(":")[0]
       if not os.path.isfile(path):
-        _fail(f"config file not found: {path}")
+        fail(f"config file not found: {path}")
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
@@ -75,15 +75,15 @@ def parse_flags(argv):
     if "Traceback" in message:  # config_flags embeds get_config's traceback: keep its last line.
       last = [l for l in message.splitlines() if l.strip()][-1]
       message = re.sub(r"^[\w.]*(ConfigError|Error|Exception): ", "", last.strip())
-    _fail(message)
+    fail(message)
   except config_lib.ConfigError as e:
-    _fail(str(e))
+    fail(str(e))
   except (AttributeError, KeyError, TypeError, ValueError) as e:
     try:
       message = _unknown_override(argv)
     except Exception:  # pylint: disable=broad-except
       message = ""
-    _fail(message or f"{type(e).__name__}: {e}")
+    fail(message or f"{type(e).__name__}: {e}")
 
 
 class _QuietLibraries(logging_lib.Filter):
@@ -97,20 +97,20 @@ class _QuietLibraries(logging_lib.Filter):
 def main(argv):
   logging.get_absl_handler().addFilter(_QuietLibraries())
   if len(argv) > 1:
-    _fail(f"unexpected arguments: {' '.join(argv[1:])}")
+    fail(f"unexpected arguments: {' '.join(argv[1:])}")
   try:
-    config = _CONFIG.value
+    config = CONFIG.value
     config_lib.validate(config)
   except (config_lib.ConfigError, FileNotFoundError, ImportError, AttributeError) as e:
-    _fail(str(e))
+    fail(str(e))
   logging.info("JAX: %d processes, %d devices (%s)", jax.process_count(), jax.device_count(),
                jax.devices()[0].platform)
   from fcam_jax import checkpoint, train, weights  # pylint: disable=g-import-not-at-top
   try:
-    train.train_and_evaluate(config, _WORKDIR.value)
+    train.train_and_evaluate(config, WORKDIR.value)
   except (config_lib.ConfigError, checkpoint.CheckpointNotFoundError, FileNotFoundError,
           weights.PretrainedError) as e:
-    _fail(str(e))
+    fail(str(e))
 
 
 if __name__ == "__main__":
