@@ -121,6 +121,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.test_interval = 0.001  # threshold step on test
   c.eval.iou_thresholds = (30, 50, 70)
   c.eval.selection_metric = "MaxBoxAcc"
+  c.eval.num_figures = 8       # test images drawn per stage (fcam_jax/figures.py); 0: none
 
   c.log_every_steps = 50
   c.checkpoint_every_epochs = 1
@@ -191,7 +192,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _positive(config, "stage1.epochs", "stage2.epochs", "stage1.weight_decay",
             "stage2.weight_decay", "data.num_workers", "cam.smooth_std",
             "fcam.seeds.sl_max", "fcam.seeds.sl_min", "stage1.lr_decay_epochs",
-            "stage2.lr_decay_epochs", allow_zero=True)
+            "stage2.lr_decay_epochs", "eval.num_figures", allow_zero=True)
   if config.data.crop_size > config.data.resize_size:
     raise ConfigError(f"config.data.crop_size={config.data.crop_size} is larger than "
                       f"config.data.resize_size={config.data.resize_size}")

@@ -23,6 +23,7 @@ import numpy as np
 
 from fcam_jax import checkpoint as ckpt_lib
 from fcam_jax import config_lib
+from fcam_jax import figures
 from fcam_jax import metrics as metrics_lib
 from fcam_jax import optim
 from fcam_jax import parallel
@@ -65,25 +66,36 @@ def make_evaluators(split: sources.Split, config, interval: float) -> List:
 
 
 def evaluate(map_fn: Callable, variables, split: sources.Split, config, interval: float,
-             rng: jax.Array, names: Iterable[str] = ("cam",)) -> Dict[str, Dict]:
+             rng: jax.Array, names: Iterable[str] = ("cam",),
+             observe: Optional[Callable] = None, label: str = "") -> Dict[str, Dict]:
   """Scores the maps `map_fn(variables, batch, rng) -> (logits, maps...)` on `split`.
 
   `names` labels the maps map_fn returns after the logits (e.g. ('cam', 'fcam')).
   Padding entries (mask 0) are dropped on the host, so every image counts once.
+  `observe(batch, {name: maps})`, if given, sees every batch's valid entries and the
+  maps scored (e.g. a figures.TestRecorder). Progress is logged as `label`.
   """
   names = tuple(names)
   evaluators = {n: make_evaluators(split, config, interval) for n in names}
   local_batch = config.eval.batch_size // jax.process_count()
   rngs = jax.random.split(rng, jax.local_device_count())
-  for batch in pipeline.eval_batches(split, config, local_batch=local_batch,
-                                     process_index=jax.process_index(),
-                                     process_count=jax.process_count()):
+  progress = writers.EvalProgress(
+      label or split.name, pipeline.num_eval_batches(len(split), local_batch, jax.process_count()))
+  images = 0
+  for b, batch in enumerate(pipeline.eval_batches(split, config, local_batch=local_batch,
+                                                  process_index=jax.process_index(),
+                                                  process_count=jax.process_count())):
     out = parallel.unshard(map_fn(variables, parallel.shard(batch), rngs))
     logits, maps = out[0], out[1:]
     valid = batch["mask"]
     for name, m in zip(names, maps):
       for ev in evaluators[name]:
         ev.update(m[valid], batch["index"][valid], logits[valid])
+    if observe is not None:
+      observe({k: v[valid] for k, v in batch.items()},
+              {name: m[valid] for name, m in zip(names, maps)})
+    images += int(valid.sum())
+    progress(b + 1, images)
   results = {}
   for name in names:
     merged = {}
@@ -190,7 +202,8 @@ def run_stage(*, name: str, config, workdir: str, splits: Dict[str, sources.Spli
   def validate(state_r, epoch: int, step: int):
     t0 = time.time()
     val = evaluate(map_fn, variables_of(state_r), splits["val"], config,
-                   config.eval.val_interval, eval_rng, map_names)[map_names[-1]]
+                   config.eval.val_interval, eval_rng, map_names,
+                   label=f"{name} val (epoch {epoch})")[map_names[-1]]
     if selection not in val:
       raise config_lib.ConfigError(
           f"config.eval.selection_metric={selection!r} is not computed on this dataset; "
@@ -229,9 +242,11 @@ def run_stage(*, name: str, config, workdir: str, splits: Dict[str, sources.Spli
   best_state, _ = ckpt.restore(best, state)
   best_epoch = best // spe
   logging.info("%s: testing the best checkpoint (step %d, epoch %d)", name, best, best_epoch)
+  test_names = tuple(test_map_names or map_names)
+  recorder = figures.TestRecorder(test_names, config.eval.get("num_figures", 8))
   test = evaluate(test_map_fn or map_fn, variables_of(parallel.replicate(best_state)),
-                  splits["test"], config, config.eval.test_interval, eval_rng,
-                  test_map_names or map_names)
+                  splits["test"], config, config.eval.test_interval, eval_rng, test_names,
+                  observe=recorder, label=f"{name} test")
   for map_name, metrics in test.items():
     writer.write_scalars(step, {f"{name}/test/{map_name}/{k}": v for k, v in _scalars(metrics).items()})
   ckpt.close()
@@ -239,10 +254,49 @@ def run_stage(*, name: str, config, workdir: str, splits: Dict[str, sources.Spli
          "selection_metric": selection,
          "val_at_best": next((h for h in meta["history"] if h["step"] == best), None),
          "history": meta["history"], "test": test}
+  out.update(_stage_figures(name, config, workdir, splits["test"], test, recorder, writer, step))
   if summarize is not None:
     out.update(summarize(out))
   _write_json(results_path, out)
   return out
+
+
+def _stage_figures(name: str, config, workdir: str, split: sources.Split, test: Dict,
+                   recorder, writer, step: int) -> Dict:
+  """The stage's test figures under `<workdir>/<name>/figures/` (process 0) and the
+  activation histograms; a failure to draw is logged, never loses the stage's results."""
+  hist = recorder.hist
+  if jax.process_count() > 1:  # each process saw its shard: sum the histograms
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    hist = {k: np.asarray(v).sum(0) for k, v in multihost_utils.process_allgather(hist).items()}
+    recorder.hist = hist
+  out = {"activation_histogram": {"edges": np.linspace(0, 1, recorder.bins + 1).tolist(),
+                                  **{k: v.tolist() for k, v in hist.items()}}}
+  if jax.process_index() != 0 or not config.eval.get("num_figures", 8):
+    return {**out, "figures": []}
+  t0 = time.time()
+  try:
+    paths = figures.write_stage_figures(
+        os.path.join(workdir, name, "figures"), recorder, test, split,
+        iou_thresholds=tuple(config.eval.iou_thresholds), method=config.cam.method,
+        writer=writer, step=step, prefix=f"{name}/")
+  except Exception as e:  # pylint: disable=broad-except
+    logging.exception("%s: drawing the test figures failed", name)
+    return {**out, "figures": [], "figures_error": f"{type(e).__name__}: {e}"}
+  logging.info("%s: %d figures in %s (%.1fs)", name, len(paths),
+               os.path.join(workdir, name, "figures"), time.time() - t0)
+  return {**out, "figures": [os.path.relpath(p, workdir) for p in paths]}
+
+
+def _write_summary(results: Dict, workdir: str, writer):
+  """The test metrics as a table: logged, printed, in `<workdir>/summary.md` and the writer."""
+  table = figures.summary_table(results)
+  logging.info("test results:\n%s", table)
+  if jax.process_index() == 0:
+    print(table, flush=True)
+    with open(os.path.join(workdir, "summary.md"), "w") as f:
+      f.write(table)
+  writer.write_texts(0, {"summary": table})
 
 
 def train_classifier(config, workdir: str, splits, writer) -> Dict:
@@ -282,6 +336,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict:
   """Runs the stages named by `config.stages`; writes and returns `results.json`."""
   config_lib.validate(config)
   _check_workdir(workdir)
+  _write_json(os.path.join(workdir, "config.json"), config.to_dict())  # for predict/report
   writer = writers.create_writer(workdir, jax.process_index())
   writer.write_hparams(dict(_flatten(config.to_dict())))
   t0 = time.time()
@@ -300,6 +355,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict:
     results["stage2"] = train_fcam.train_decoder(config, workdir, splits, writer)
   results["wall_time_s"] = time.time() - t0
   _write_json(os.path.join(workdir, "results.json"), results)
+  _write_summary(results, workdir, writer)
   writer.flush()
   writer.close()
   return results

@@ -53,3 +53,32 @@ def test_missing_stage1_checkpoint_is_a_clear_error(tmp_path, data_dir):
                        **{"stage2.classifier_checkpoint": str(tmp_path / "nowhere")})
   with pytest.raises(FileNotFoundError, match="nowhere"):
     train.train_and_evaluate(config, str(tmp_path / "w2"))
+
+
+def test_figures_and_summary_after_a_run(both_stages):
+  workdir, config, _ = both_stages
+  results = json.load(open(os.path.join(workdir, "results.json")))
+  n = min(8, config.dataset.synthetic.test_size)  # config.eval.num_figures defaults to 8
+  for stage, maps in (("stage1", ("cam",)), ("stage2", ("cam", "fcam"))):
+    fig_dir = os.path.join(workdir, stage, "figures")
+    assert len(glob.glob(os.path.join(fig_dir, "samples", "*.png"))) == n
+    for name in ("samples_grid", "box_accuracy", "pr_curve", "activations"):
+      assert os.path.getsize(os.path.join(fig_dir, f"{name}.png")) > 0, (stage, name)
+    listed = results[stage]["figures"]
+    assert len(listed) == n + 4 and all(os.path.isfile(os.path.join(workdir, p)) for p in listed)
+    hist = results[stage]["activation_histogram"]
+    pixels = config.dataset.synthetic.test_size * config.data.eval_size ** 2
+    assert [sum(hist[m]) for m in maps] == [pixels] * len(maps)
+  # summary.md: the stage-1 CAM, and in stage 2 the baseline CAM, F-CAM and their difference.
+  rows = {}
+  for line in open(os.path.join(workdir, "summary.md")):
+    cells = [c.strip() for c in line.strip().strip("|").split("|")]
+    if cells[0] in ("stage1", "stage2"):
+      rows[(cells[0], cells[1])] = cells[2:]
+  s2 = results["stage2"]["test"]
+  assert set(rows) == {("stage1", "CAM"), ("stage2", "CAM (baseline)"), ("stage2", "F-CAM"),
+                       ("stage2", "F-CAM - CAM")}
+  assert float(rows[("stage2", "F-CAM")][0]) == pytest.approx(s2["fcam"]["MaxBoxAcc"], abs=0.01)
+  assert float(rows[("stage2", "CAM (baseline)")][2]) == pytest.approx(s2["cam"]["PxAP"], abs=0.01)
+  assert float(rows[("stage2", "F-CAM - CAM")][0]) == pytest.approx(
+      s2["fcam"]["MaxBoxAcc"] - s2["cam"]["MaxBoxAcc"], abs=0.01)
