@@ -9,26 +9,58 @@
                      path,mask_path,ignore    (OpenImages: one line per instance mask;
                                                the ignore mask only on the first line)
 
-`localization.txt` may be absent (training splits). Every problem raises MetadataError
-naming the file and line. Image paths are relative to `data_root`, mask paths to
-`mask_root` (for the benchmark's release: `<dataset dir>/OpenImages`).
+`localization.txt` may be absent (training splits). Image paths are relative to
+`data_root`, mask paths to `mask_root` (for the benchmark's release: `<dataset
+dir>/OpenImages`).
+
+Two kinds of problems, each named by file and line:
+- format errors (a missing or unreadable metadata file, a malformed line, a value that
+  is not a (finite) number, an id not in image_ids.txt, an ignore path off an image's
+  first line, an empty split) always raise MetadataError: the files are not what they
+  should be, and nothing can be trusted;
+- problems of one image (an id or mask path escaping its root, a repeated id, a
+  missing, second or out-of-range label or size, a box outside the image or with
+  x1 < x0, no localization entry, an image or mask file missing, unreadable or of the
+  wrong size) are all collected. `on_error='fail'` raises one MetadataError listing
+  them; 'skip' drops the images at fault (a repeated id: only its repeat) and returns
+  the problems with the records.
+
+Boxes are not clipped to the image: wsolevaluation scores ground-truth boxes as given
+(it refuses negative coordinates and does not clip past the right or bottom edge), so
+clipping would change MaxBoxAcc where the benchmark would not; a box outside its image
+is a broken annotation, refused (or its image dropped).
 """
 
+import dataclasses
 import os
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 import cv2
 import numpy as np
 
 from fcam_jax.data import images
-from fcam_jax.data.records import ImageRecord
+from fcam_jax.data.records import ImageRecord, Problem, describe
 
 DATASETS = ("CUB", "OpenImages", "ILSVRC")
 FILES = ("image_ids.txt", "class_labels.txt", "image_sizes.txt", "localization.txt")
+ON_ERROR = ("fail", "skip")
 
 
 class MetadataError(ValueError):
   """Bad metadata; the message names the file (and line)."""
+
+
+class _Found:
+  """The per-image problems found so far, and the positions of the images to drop."""
+
+  def __init__(self):
+    self.problems: List[Problem] = []
+    self.bad: Set[int] = set()
+
+  def add(self, image_id: str, where: str, reason: str, position: Optional[int] = None):
+    self.problems.append(Problem(image_id, where, reason))
+    if position is not None:
+      self.bad.add(position)
 
 
 def _lines(path: str):
@@ -61,10 +93,14 @@ def _number(path: str, n: int, text: str, kind=int, what="value"):
   return value
 
 
-def _check_relative(path: str, n: int, rel: str, what: str):
+def _escapes(rel: str) -> bool:
+  """Whether `rel` is not a relative path inside its root (absolute, '..', empty)."""
   norm = os.path.normpath(rel)
-  if os.path.isabs(rel) or norm == ".." or norm.startswith(".." + os.sep) or not rel:
-    raise MetadataError(f"{path}:{n}: {what} {rel!r} must be a relative path inside its root")
+  return not rel or os.path.isabs(rel) or norm == ".." or norm.startswith(".." + os.sep)
+
+
+def _outside(what: str, rel: str) -> str:
+  return f"{what} {rel!r} must be a relative path inside its root"
 
 
 def _known_id(path: str, n: int, image_id: str, positions: Dict[str, int]) -> int:
@@ -82,59 +118,64 @@ def split_dir(metadata_root: str, dataset: str, split: str) -> str:
                       f"(nor under {os.path.join(metadata_root, dataset, split)})")
 
 
-def _read_ids(path: str):
-  """[(image id, line)] and {image id: position}."""
+def _read_ids(path: str, found: _Found):
+  """[(image id, line)] and {image id: position}; a repeated id keeps its first line."""
   ids, positions = [], {}
   for n, line in _lines(path):
     if "," in line:
       raise MetadataError(f"{path}:{n}: image id {line!r} contains ','")
-    _check_relative(path, n, line, "image id")
     if line in positions:
-      raise MetadataError(f"{path}:{n}: duplicate image id {line!r} "
-                          f"(first on line {ids[positions[line]][1]})")
+      found.add(line, f"{path}:{n}", f"duplicate image id {line!r} "
+                f"(first on line {ids[positions[line]][1]})")
+      continue
     positions[line] = len(ids)
     ids.append((line, n))
+    if _escapes(line):
+      found.add(line, f"{path}:{n}", _outside("image id", line), positions[line])
   if not ids:
     raise MetadataError(f"{path}: no image")
   return ids, positions
 
 
-def _read_labels(path: str, ids_path: str, ids, positions, num_classes) -> List[int]:
+def _read_labels(path: str, ids_path: str, ids, positions, num_classes, found) -> List[int]:
   labels: List[Optional[int]] = [None] * len(ids)
   for n, line in _lines(path):
     image_id, text = _fields(path, n, line, 2, "path,label")
     i = _known_id(path, n, image_id, positions)
     if labels[i] is not None:
-      raise MetadataError(f"{path}:{n}: second label for {image_id!r}")
-    label = _number(path, n, text, int, "label")
+      found.add(image_id, f"{path}:{n}", f"second label for {image_id!r}", i)
+      continue
+    labels[i] = label = _number(path, n, text, int, "label")
     if label < 0 or (num_classes is not None and label >= num_classes):
       bound = num_classes if num_classes is not None else "inf"
-      raise MetadataError(f"{path}:{n}: label {label} of {image_id!r} is outside [0, {bound})")
-    labels[i] = label
-  for (image_id, n), label in zip(ids, labels):
-    if label is None:
-      raise MetadataError(f"{ids_path}:{n}: image {image_id!r} has no label in {path}")
+      found.add(image_id, f"{path}:{n}",
+                f"label {label} of {image_id!r} is outside [0, {bound})", i)
+  for k, ((image_id, n), label) in enumerate(zip(ids, labels)):
+    if label is None and k not in found.bad:
+      found.add(image_id, f"{ids_path}:{n}", f"image {image_id!r} has no label in {path}", k)
   return labels
 
 
-def _read_sizes(path: str, ids_path: str, ids, positions) -> List[Tuple[int, int]]:
+def _read_sizes(path: str, ids_path: str, ids, positions, found) -> List[Tuple[int, int]]:
   sizes: List[Optional[Tuple[int, int]]] = [None] * len(ids)
   for n, line in _lines(path):
     image_id, w, h = _fields(path, n, line, 3, "path,width,height")
     i = _known_id(path, n, image_id, positions)
-    if sizes[i] is not None:
-      raise MetadataError(f"{path}:{n}: second size for {image_id!r}")
     w, h = _number(path, n, w, int, "width"), _number(path, n, h, int, "height")
-    if w <= 0 or h <= 0:
-      raise MetadataError(f"{path}:{n}: image size {w}x{h} of {image_id!r} is not positive")
-    sizes[i] = (w, h)
-  for (image_id, n), size in zip(ids, sizes):
-    if size is None:
-      raise MetadataError(f"{ids_path}:{n}: image {image_id!r} has no size in {path}")
+    if sizes[i] is not None:
+      found.add(image_id, f"{path}:{n}", f"second size for {image_id!r}", i)
+    elif w <= 0 or h <= 0:
+      found.add(image_id, f"{path}:{n}", f"image size {w}x{h} of {image_id!r} is not positive", i)
+      sizes[i] = (0, 0)
+    else:
+      sizes[i] = (w, h)
+  for k, ((image_id, n), size) in enumerate(zip(ids, sizes)):
+    if size is None and k not in found.bad:
+      found.add(image_id, f"{ids_path}:{n}", f"image {image_id!r} has no size in {path}", k)
   return sizes
 
 
-def _read_boxes(path: str, ids, positions, sizes) -> List[list]:
+def _read_boxes(path: str, ids, positions, sizes, found) -> List[list]:
   """Per image, its boxes (x0, y0, x1, y1), checked against the image size if known."""
   boxes: List[list] = [[] for _ in ids]
   for n, line in _lines(path):
@@ -142,52 +183,65 @@ def _read_boxes(path: str, ids, positions, sizes) -> List[list]:
     i = _known_id(path, n, image_id, positions)
     x0, y0, x1, y1 = (_number(path, n, c, float, "box coordinate") for c in coords)
     box = f"box {x0:g},{y0:g},{x1:g},{y1:g} of {image_id!r}"
-    if x1 < x0 or y1 < y0:
-      raise MetadataError(f"{path}:{n}: {box} has x1 < x0 or y1 < y0")
     w, h = sizes[i] or (np.inf, np.inf)
-    if x0 < 0 or y0 < 0 or x1 > w or y1 > h:
-      raise MetadataError(f"{path}:{n}: {box} is outside the {w}x{h} image")
+    if i in found.bad:
+      pass  # dropped already (e.g. its size is bad): no more noise about it
+    elif x1 < x0 or y1 < y0:
+      found.add(image_id, f"{path}:{n}", f"{box} has x1 < x0 or y1 < y0", i)
+    elif x0 < 0 or y0 < 0 or x1 > w or y1 > h:
+      found.add(image_id, f"{path}:{n}", f"{box} is outside the {w}x{h} image", i)
     boxes[i].append((x0, y0, x1, y1))
   return boxes
 
 
-def _read_masks(path: str, ids, positions, mask_root: str):
-  """Per image, [(mask path, line)] and its ignore path ('' = none)."""
+def _read_masks(path: str, ids, positions, mask_root: str, found):
+  """Per image, [(mask path, line)] and its ignore path and line ('' = none)."""
   masks: List[list] = [[] for _ in ids]
-  ignores = [""] * len(ids)
+  ignores = [("", 0)] * len(ids)
   for n, line in _lines(path):
     image_id, mask, ignore = _fields(path, n, line, 3, "path,mask_path,ignore_path")
     i = _known_id(path, n, image_id, positions)
-    _check_relative(path, n, mask, "mask path")
     if masks[i] and ignore:
       raise MetadataError(f"{path}:{n}: ignore path {ignore!r} of {image_id!r} is not on "
                           "the image's first line (only the first line may name it)")
+    for what, rel in (("mask path", mask), ("ignore path", ignore)):
+      if rel and _escapes(rel):
+        found.add(image_id, f"{path}:{n}", _outside(what, rel), i)
+    if i in found.bad:
+      masks[i].append(("", n))  # never opened
+      continue
     if ignore:
-      _check_relative(path, n, ignore, "ignore path")
-      ignores[i] = os.path.abspath(os.path.join(mask_root, ignore))
+      ignores[i] = (os.path.abspath(os.path.join(mask_root, ignore)), n)
     masks[i].append((os.path.abspath(os.path.join(mask_root, mask)), n))
   return masks, ignores
 
 
-def _check_mask_files(path: str, ids, masks, ignores, sizes):
+def _check_mask_files(path: str, ids, masks, ignores, sizes, found):
   """Every mask file readable and of its image's size."""
   for k, (image_id, _) in enumerate(ids):
-    named = list(masks[k]) + ([(ignores[k], masks[k][0][1])] if ignores[k] else [])
+    named = list(masks[k]) + ([ignores[k]] if ignores[k][0] else [])
     for mask_path, n in named:
+      if k in found.bad:
+        break
       try:
         size = images.image_size(mask_path)
       except images.ImageError as e:
-        raise MetadataError(f"{path}:{n}: {e}") from e
+        found.add(image_id, f"{path}:{n}", str(e), k)
+        continue
       if size != sizes[k]:
-        raise MetadataError(f"{path}:{n}: mask {mask_path} is {size[0]}x{size[1]}; "
-                            f"the image {image_id!r} is {sizes[k][0]}x{sizes[k][1]}")
+        found.add(image_id, f"{path}:{n}", f"mask {mask_path} is {size[0]}x{size[1]}; "
+                  f"the image {image_id!r} is {sizes[k][0]}x{sizes[k][1]}", k)
 
 
-def read_split(dataset: str, metadata_root: str, split: str, data_root: str = "",
-               mask_root: str = "", check_files: bool = True,
-               num_classes: Optional[int] = None) -> List[ImageRecord]:
-  """The records of `<metadata_root>/<split>`, in image_ids.txt order (index = position).
+def read_split_with_problems(dataset: str, metadata_root: str, split: str, data_root: str = "",
+                             mask_root: str = "", check_files: bool = True,
+                             num_classes: Optional[int] = None, on_error: str = "fail"
+                             ) -> Tuple[List[ImageRecord], List[Problem]]:
+  """The records of `<metadata_root>/<split>` and the problems of its images.
 
+  Records are in image_ids.txt order; `index` is the position among those kept.
+  on_error: 'fail' raises one MetadataError listing every per-image problem (the
+  first ten, and how many); 'skip' drops the images at fault and returns the problems.
   check_files: also require the image (and mask) files and mask sizes to match the
   image; image sizes missing from the metadata (OpenImages) are then read from the
   image headers where they are needed (box or mask ground truth). Otherwise no file but
@@ -195,51 +249,88 @@ def read_split(dataset: str, metadata_root: str, split: str, data_root: str = ""
   """
   if dataset not in DATASETS:
     raise MetadataError(f"unknown dataset {dataset!r}; one of {', '.join(DATASETS)}")
+  if on_error not in ON_ERROR:
+    raise MetadataError(f"on_error={on_error!r}: must be one of {', '.join(ON_ERROR)}")
   if check_files and not data_root:
     raise MetadataError("check_files needs data_root (the image folder)")
   root = split_dir(metadata_root, dataset, split)
   ids_path, labels_path, sizes_path, loc_path = (os.path.join(root, f) for f in FILES)
   has_localization = os.path.isfile(loc_path)
 
-  ids, positions = _read_ids(ids_path)
-  labels = _read_labels(labels_path, ids_path, ids, positions, num_classes)
-  paths = [os.path.abspath(os.path.join(data_root, i)) if data_root else "" for i, _ in ids]
+  found = _Found()
+  ids, positions = _read_ids(ids_path, found)
+  try:
+    records = _read_records(dataset, ids, positions, found, ids_path, labels_path, sizes_path,
+                            loc_path, has_localization, data_root, mask_root, check_files,
+                            num_classes)
+  except MetadataError as e:
+    if not found.problems:
+      raise
+    raise MetadataError(describe([str(e), *map(str, found.problems)])) from e
+  if found.problems and on_error == "fail":
+    raise MetadataError(describe(found.problems))
+  kept = [r for k, r in enumerate(records) if k not in found.bad]
+  return [dataclasses.replace(r, index=k) for k, r in enumerate(kept)], found.problems
+
+
+def _read_records(dataset, ids, positions, found, ids_path, labels_path, sizes_path, loc_path,
+                  has_localization, data_root, mask_root, check_files, num_classes):
+  """Every image's record (bad ones included), adding per-image problems to `found`."""
+  labels = _read_labels(labels_path, ids_path, ids, positions, num_classes, found)
+  paths = [os.path.abspath(os.path.join(data_root, i)) if data_root and k not in found.bad
+           else "" for k, (i, _) in enumerate(ids)]
   if check_files:
-    for (image_id, n), path in zip(ids, paths):
-      if not os.path.isfile(path):
-        raise MetadataError(f"{ids_path}:{n}: image file {path} not found")
+    for k, ((image_id, n), path) in enumerate(zip(ids, paths)):
+      if k not in found.bad and not os.path.isfile(path):
+        found.add(image_id, f"{ids_path}:{n}", f"image file {path} not found", k)
 
   sizes: List[Optional[Tuple[int, int]]] = [None] * len(ids)
   if os.path.isfile(sizes_path):
-    sizes = _read_sizes(sizes_path, ids_path, ids, positions)
+    sizes = _read_sizes(sizes_path, ids_path, ids, positions, found)
   elif check_files and (dataset != "OpenImages" or has_localization):
     for k, path in enumerate(paths):  # OpenImages ships no sizes: read the headers
+      if k in found.bad:
+        continue
       try:
         sizes[k] = images.image_size(path)
       except images.ImageError as e:
-        raise MetadataError(f"{ids_path}:{ids[k][1]}: {e}") from e
+        found.add(ids[k][0], f"{ids_path}:{ids[k][1]}", str(e), k)
   elif dataset != "OpenImages":
     raise MetadataError(f"{sizes_path}: file not found (box datasets need image sizes)")
 
   boxes: List[list] = [[] for _ in ids]
   masks: List[list] = [[] for _ in ids]
-  ignores = [""] * len(ids)
+  ignores = [("", 0)] * len(ids)
   if has_localization and dataset == "OpenImages":
-    masks, ignores = _read_masks(loc_path, ids, positions, mask_root)
+    masks, ignores = _read_masks(loc_path, ids, positions, mask_root, found)
     if check_files:
-      _check_mask_files(loc_path, ids, masks, ignores, sizes)
+      _check_mask_files(loc_path, ids, masks, ignores, sizes, found)
   elif has_localization:
-    boxes = _read_boxes(loc_path, ids, positions, sizes)
+    boxes = _read_boxes(loc_path, ids, positions, sizes, found)
   if has_localization:
-    for (image_id, n), b, m in zip(ids, boxes, masks):
-      if not (b or m):
-        raise MetadataError(f"{ids_path}:{n}: image {image_id!r} has no entry in {loc_path}")
+    for k, ((image_id, n), b, m) in enumerate(zip(ids, boxes, masks)):
+      if not (b or m) and k not in found.bad:
+        found.add(image_id, f"{ids_path}:{n}", f"image {image_id!r} has no entry in {loc_path}", k)
 
-  return [ImageRecord(index=k, image_id=image_id, path=paths[k], label=labels[k],
+  return [ImageRecord(index=k, image_id=image_id, path=paths[k], label=labels[k] or 0,
                       width=(sizes[k] or (0, 0))[0], height=(sizes[k] or (0, 0))[1],
                       boxes=np.asarray(boxes[k], np.float32).reshape(-1, 4),
-                      mask_paths=tuple(p for p, _ in masks[k]), ignore_path=ignores[k])
-          for k, (image_id, _) in enumerate(ids)]
+                      mask_paths=tuple(p for p, _ in masks[k]), ignore_path=ignores[k][0],
+                      where=f"{ids_path}:{n}")
+          for k, (image_id, n) in enumerate(ids)]
+
+
+def read_split(dataset: str, metadata_root: str, split: str, data_root: str = "",
+               mask_root: str = "", check_files: bool = True,
+               num_classes: Optional[int] = None) -> List[ImageRecord]:
+  """The records of `<metadata_root>/<split>`, in image_ids.txt order (index = position).
+
+  Any problem raises MetadataError naming its file and line (all of an image's
+  problems in one error; see read_split_with_problems to skip bad images instead).
+  check_files: as in read_split_with_problems.
+  """
+  return read_split_with_problems(dataset, metadata_root, split, data_root, mask_root,
+                                  check_files, num_classes, on_error="fail")[0]
 
 
 def _read_mask(path: str, size: int) -> np.ndarray:

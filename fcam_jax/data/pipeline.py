@@ -7,14 +7,23 @@ Training order is a function of (seed, epoch) alone: epoch e is a permutation of
 the split cut into global batches, and process p reads only its slice of each
 global batch. The batch at a given step is therefore the same whatever the number
 of processes, and resuming at step s of an epoch is a slice, not a replay.
+
+An image the source cannot read (images.ImageError) stops the iteration with an
+error naming it, before the batch that holds it is yielded; with
+`config.data.on_error='skip'` it is replaced, in training, by the next readable image
+of the epoch's order (so batches keep their shape and the same order on any number
+of processes), and in evaluation by a masked-out entry (mask 0: it counts zero times,
+every readable image once). Either way it is logged once in the split's SkipLog.
 """
 
-from typing import Dict, Iterator, Optional, Sequence
+from typing import Dict, Iterable, Iterator, Sequence
 
 import grain
 import numpy as np
 from PIL import Image
 
+from fcam_jax.data import images
+from fcam_jax.data import sources
 from fcam_jax.data.sources import Split
 
 
@@ -33,22 +42,77 @@ def _resize(image: np.ndarray, size: int) -> np.ndarray:
   return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
 
 
-class _Indexed:
-  """source[order[i]] with the source index (and the padding mask, if any) attached."""
+def _read(source: Sequence, index: int) -> Dict:
+  item = source[index]
+  return {"image": item["image"], "label": np.int32(item["label"]), "index": np.int32(index)}
 
-  def __init__(self, source: Sequence, order: np.ndarray, valid: Optional[np.ndarray] = None):
-    self._source, self._order, self._valid = source, order, valid
+
+def _hint(e: images.ImageError) -> images.ImageError:
+  return images.ImageError(f"{e}\n{sources.SKIP_HINT}")
+
+
+class _TrainItems:
+  """source[perm[g]] for this process's global positions g of the epoch.
+
+  With `skip`, an unreadable image is replaced by the next readable one in the
+  epoch's order, perm[g + 1], perm[g + 2], ... (a function of the epoch alone, so
+  the same on every process count); `_bad` is its index (-1: none).
+  """
+
+  def __init__(self, source: Sequence, perm: np.ndarray, positions: np.ndarray, skip: bool):
+    self._source, self._perm, self._positions, self._skip = source, perm, positions, skip
+
+  def __len__(self):
+    return len(self._positions)
+
+  def __getitem__(self, i):
+    g = int(self._positions[i])
+    try:
+      item = _read(self._source, int(self._perm[g]))
+    except images.ImageError as e:
+      if not self._skip:
+        raise _hint(e) from e
+    else:
+      return {**item, "_bad": np.int32(-1)} if self._skip else item
+    for k in range(1, len(self._perm)):
+      try:
+        return {**_read(self._source, int(self._perm[(g + k) % len(self._perm)])),
+                "_bad": np.int32(self._perm[g])}
+      except images.ImageError:
+        continue
+    raise images.ImageError(f"none of the {len(self._perm)} images of the split can be read")
+
+
+class _EvalItems:
+  """source[order[i]] with `mask` (0: padding); with `skip`, an unreadable image is an
+  entry with mask 0 and `_bad` its index (-1: none)."""
+
+  def __init__(self, source: Sequence, order: np.ndarray, valid: np.ndarray, skip: bool):
+    self._source, self._order, self._valid, self._skip = source, order, valid, skip
 
   def __len__(self):
     return len(self._order)
 
   def __getitem__(self, i):
-    index = int(self._order[i])
-    item = self._source[index]
-    out = {"image": item["image"], "label": np.int32(item["label"]), "index": np.int32(index)}
-    if self._valid is not None:
-      out["mask"] = self._valid[i]
-    return out
+    index, valid = int(self._order[i]), self._valid[i]
+    try:
+      item = {**_read(self._source, index), "mask": valid}
+    except images.ImageError as e:
+      if not self._skip:
+        raise _hint(e) from e
+      return {"image": np.zeros((1, 1, 3), np.uint8), "label": np.int32(0),
+              "index": np.int32(index), "mask": np.bool_(False),
+              "_bad": np.int32(index if valid else -1)}
+    return {**item, "_bad": np.int32(-1)} if self._skip else item
+
+
+def _log_unreadable(batches: Iterable[Dict[str, np.ndarray]], split: Split):
+  """The batches without `_bad`, whose images are logged in the split's SkipLog."""
+  for batch in batches:
+    bad = batch.pop("_bad")
+    for index in np.unique(bad[bad >= 0]):
+      split.unreadable(int(index))
+    yield batch
 
 
 class TrainTransform(grain.transforms.Map):
@@ -93,27 +157,33 @@ def train_batches(split: Split, config, *, global_batch: int, epoch: int, start_
     raise ValueError(f"global batch {global_batch} is not divisible by {process_count} processes")
   local = global_batch // process_count
   steps = steps_per_epoch(len(split), global_batch)
-  order = np.random.default_rng([seed, epoch]).permutation(len(split))[:steps * global_batch]
-  order = order.reshape(steps, process_count, local)[start_step:, process_index].reshape(-1)
-  ds = grain.MapDataset.source(_Indexed(split.source, order))
+  perm = np.random.default_rng([seed, epoch]).permutation(len(split))
+  positions = np.arange(steps * global_batch).reshape(steps, process_count, local)
+  positions = positions[start_step:, process_index].reshape(-1)
+  skip = sources.on_error(config) == "skip"
+  ds = grain.MapDataset.source(_TrainItems(split.source, perm, positions, skip))
   ds = ds.map(TrainTransform(config.data.resize_size, config.data.crop_size, seed, epoch))
-  return iter(_finish(ds.batch(local, drop_remainder=True), config))
+  batches = iter(_finish(ds.batch(local, drop_remainder=True), config))
+  return _log_unreadable(batches, split) if skip else batches
 
 
 def eval_batches(split: Split, config, *, local_batch: int, process_index: int = 0,
                  process_count: int = 1) -> Iterator[Dict[str, np.ndarray]]:
   """All of this process's share of `split`, padded to whole batches.
 
-  Every process yields the same number of batches; `mask` is 0 on padding, so
-  each image of the split counts exactly once over all processes.
+  Every process yields the same number of batches; `mask` is 0 on padding (and on
+  unreadable images under on_error='skip'), so each image of the split counts exactly
+  once over all processes.
   """
   shard = np.arange(process_index, len(split), process_count)
   padded = num_eval_batches(len(split), local_batch, process_count) * local_batch
   valid = np.arange(padded) < len(shard)
   order = np.concatenate([shard, np.full(padded - len(shard), shard[0] if len(shard) else 0)])
-  ds = grain.MapDataset.source(_Indexed(split.source, order, valid))
+  skip = sources.on_error(config) == "skip"
+  ds = grain.MapDataset.source(_EvalItems(split.source, order, valid, skip))
   ds = ds.map(EvalTransform(config.data.eval_size))
-  return iter(_finish(ds.batch(local_batch), config))
+  batches = iter(_finish(ds.batch(local_batch), config))
+  return _log_unreadable(batches, split) if skip else batches
 
 
 def num_eval_batches(num_examples: int, local_batch: int, process_count: int = 1) -> int:
