@@ -10,6 +10,7 @@ from typing import Any, Dict, Optional, Tuple
 
 from absl import logging
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
@@ -46,6 +47,9 @@ class Checkpointer:
                                        item_names=("state", "meta"))
 
   def save(self, step: int, state: Any, meta: Dict, score: float):
+    # Host numpy, not device arrays: every process holds the same values, and orbax
+    # refuses process-local jax.Arrays in a multi-process job.
+    state = jax.tree.map(np.asarray, jax.device_get(state))
     self._mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                   meta=ocp.args.JsonSave(meta)),
                     metrics={"score": float(score)}, force=True)
@@ -54,12 +58,15 @@ class Checkpointer:
   def latest_step(self) -> Optional[int]:
     return self._mngr.latest_step()
 
+  def all_steps(self):
+    return sorted(self._mngr.all_steps())
+
   def best_step(self) -> Optional[int]:
     return self._mngr.best_step()
 
   def restore(self, step: int, target: Any) -> Tuple[Any, Dict]:
     """The state (structured like `target`, an abstract or concrete pytree) and meta."""
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    abstract = jax.tree.map(lambda x: np.zeros(np.shape(x), x.dtype), target)  # restore as numpy
     out = self._mngr.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
     logging.info("restored %s step %d", self.directory, step)

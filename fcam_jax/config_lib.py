@@ -37,6 +37,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.seed = 0
   c.stages = "both"            # stage1 | stage2 | both
   c.half_precision = False     # bf16 activations, fp32 params and losses
+  c.parallel = "pmap"          # pmap | jit (jit of shard_map over a mesh); same numbers
+
+  # Multi-process jobs (fcam_jax/distributed.py); '' = one process, or the cluster's env.
+  c.distributed = ml_collections.ConfigDict(dict(
+      coordinator_address="", num_processes=0, process_id=-1))
 
   c.dataset = ml_collections.ConfigDict()
   c.dataset.name = "CUB"
@@ -54,6 +59,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.num_workers = 0       # grain worker processes (0: threads in this process)
   c.data.read_threads = 4
   c.data.prefetch = 64        # grain prefetch buffer, in images
+  c.data.on_error = "fail"     # fail | skip: a bad image stops the run naming file:line, or is
+                               # left out and listed in <workdir>/skipped_files.json
+  c.data.verify = False        # decode every image (and mask) once at load to find bad files
 
   c.model = ml_collections.ConfigDict()
   c.model.backbone = "resnet50"
@@ -181,6 +189,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _choice(config, "cam.method", CAM_METHODS)
   _choice(config, "dataset.name", DATASETS)
   _choice(config, "stages", STAGES)
+  _choice(config, "parallel", ("pmap", "jit"))
+  _choice(config, "data.on_error", ("fail", "skip"))
   _choice(config, "eval.selection_metric", SELECTION_METRICS)
   _positive(config, "model.num_classes", "data.resize_size", "data.crop_size",
             "data.eval_size", "stage1.batch_size", "stage2.batch_size", "eval.batch_size",

@@ -103,13 +103,24 @@ def main(argv):
     config_lib.validate(config)
   except (config_lib.ConfigError, FileNotFoundError, ImportError, AttributeError) as e:
     fail(str(e))
+  from fcam_jax import distributed  # pylint: disable=g-import-not-at-top
+  try:
+    distributed.initialize_from_config(config)
+  except ValueError as e:
+    fail(str(e))
   logging.info("JAX: %d processes, %d devices (%s)", jax.process_count(), jax.device_count(),
                jax.devices()[0].platform)
   from fcam_jax import checkpoint, train, weights  # pylint: disable=g-import-not-at-top
+  from fcam_jax.data import images, metadata  # pylint: disable=g-import-not-at-top
   try:
     train.train_and_evaluate(config, WORKDIR.value)
+  except train.Preempted as e:  # a checkpoint is saved: exit 0 so schedulers requeue
+    logging.warning("%s", e)
+    print(str(e), file=sys.stderr)
+    sys.exit(0)
   except (config_lib.ConfigError, checkpoint.CheckpointNotFoundError, FileNotFoundError,
-          weights.PretrainedError) as e:
+          weights.PretrainedError, metadata.MetadataError, images.ImageError,
+          train.NonFiniteError, OSError) as e:
     fail(str(e))
 
 

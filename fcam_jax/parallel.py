@@ -1,38 +1,49 @@
 """Data parallelism with pmap semantics: per-device steps over the named axis 'batch'.
 
-Arrays handed to the pmapped steps have a leading local-device axis. They are put
-on the devices once, sharded along that axis (the layout pmap itself produces),
-so passing replicated parameters to every step costs no transfer.
+The step functions are written once, per device, with named-axis collectives
+(`lax.pmean(grads, 'batch')`, SyncBN over 'batch'). `DataParallel` runs them on
+every device of every process in one of two ways (`config.parallel`):
+
+* `pmap`: `jax.pmap`; arrays carry a leading local-device axis.
+* `jit`: `jax.jit` of `jax.shard_map` over a 1-D mesh of all devices, batch sharded,
+  parameters replicated; arrays are global `jax.Array`s without a device axis.
+
+Both give the same numbers (tests/test_parallel.py). `shard_map` runs with
+`check_vma=False`: under the default varying-axis checks, gradients of replicated
+inputs taken inside the body come out already summed over the axis, and the
+steps' own `pmean` would count them twice.
 """
 
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import jax
+from jax.sharding import NamedSharding, PartitionSpec as P
 import numpy as np
 
 AXIS = "batch"
+KINDS = ("pmap", "jit")
 
 
-def _device_sharding() -> jax.sharding.NamedSharding:
+def _local_sharding() -> NamedSharding:
   mesh = jax.sharding.Mesh(np.array(jax.local_devices()), (AXIS,))
-  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(AXIS))
+  return NamedSharding(mesh, P(AXIS))
 
 
 def replicate(tree: Any) -> Any:
-  """Copies a pytree onto every local device (leading axis = device)."""
-  n, sharding = jax.local_device_count(), _device_sharding()
+  """pmap layout: copies a pytree onto every local device (leading axis = device)."""
+  n, sharding = jax.local_device_count(), _local_sharding()
   return jax.tree.map(
       lambda x: jax.device_put(np.broadcast_to(np.asarray(x), (n,) + np.shape(x)), sharding), tree)
 
 
 def unreplicate(tree: Any) -> Any:
-  """The first device's copy, on the host."""
+  """pmap layout: the first device's copy, on the host."""
   return jax.device_get(jax.tree.map(lambda x: x[0], tree))
 
 
 def shard(batch: Any) -> Any:
-  """(local_batch, ...) host arrays -> device arrays (local_devices, local_batch / devices, ...)."""
-  n, sharding = jax.local_device_count(), _device_sharding()
+  """pmap layout: (local_batch, ...) -> (local_devices, local_batch / devices, ...) on device."""
+  n, sharding = jax.local_device_count(), _local_sharding()
 
   def split(x):
     if x.shape[0] % n:
@@ -42,5 +53,87 @@ def shard(batch: Any) -> Any:
 
 
 def unshard(tree: Any) -> Any:
-  """(devices, per_device, ...) device arrays -> (devices * per_device, ...) numpy."""
+  """pmap layout: (devices, per_device, ...) -> (devices * per_device, ...) numpy."""
   return jax.tree.map(lambda x: np.asarray(x).reshape((-1,) + x.shape[2:]), tree)
+
+
+class DataParallel:
+  """Compiles per-device steps for all devices and moves data to and from them.
+
+  `step(fn, replicated, sharded)` compiles `fn(*args)` where each arg is either
+  replicated (the same on every device: state, frozen variables) or sharded along
+  the batch (the batch; per-device keys). Its outputs must be replicated (the state,
+  pmean'ed metrics). `maps(fn, ...)` is the same for per-example outputs.
+  """
+
+  def __init__(self, kind: str = "pmap"):
+    if kind not in KINDS:
+      raise ValueError(f"parallel backend {kind!r}: must be one of {', '.join(KINDS)}")
+    self.kind = kind
+    if kind == "jit":
+      self.mesh = jax.sharding.Mesh(np.array(jax.devices()), (AXIS,))
+      self._replicated = NamedSharding(self.mesh, P())
+      self._sharded = NamedSharding(self.mesh, P(AXIS))
+
+  def _compile(self, fn: Callable, specs: Sequence[bool], out_sharded: bool, donate):
+    if self.kind == "pmap":
+      return jax.pmap(fn, axis_name=AXIS, donate_argnums=donate)
+    squeeze = [i for i, s in enumerate(specs) if s == "key"]
+
+    def body(*args):  # per-device keys arrive as a block of one
+      args = [a[0] if i in squeeze else a for i, a in enumerate(args)]
+      return fn(*args)
+    in_specs = tuple(P(AXIS) if s else P() for s in specs)
+    mapped = jax.shard_map(body, mesh=self.mesh, in_specs=in_specs,
+                           out_specs=P(AXIS) if out_sharded else P(), check_vma=False)
+    return jax.jit(mapped, donate_argnums=donate)
+
+  def step(self, fn: Callable, specs: Sequence, donate=(0,)) -> Callable:
+    """`specs[i]`: False = replicated arg, True = batch-sharded, 'key' = one key per device."""
+    return self._compile(fn, specs, out_sharded=False, donate=donate)
+
+  def maps(self, fn: Callable, specs: Sequence) -> Callable:
+    """Like `step`, for functions whose outputs are per example (sharded like the batch)."""
+    return self._compile(fn, specs, out_sharded=True, donate=())
+
+  def replicate(self, tree: Any) -> Any:
+    if self.kind == "pmap":
+      return replicate(tree)
+    return jax.tree.map(lambda x: jax.make_array_from_callback(
+        np.shape(x), self._replicated, lambda idx, x=np.asarray(x): x[idx]), tree)
+
+  def unreplicate(self, tree: Any) -> Any:
+    """The state on the host (numpy), from any process."""
+    if self.kind == "pmap":
+      return unreplicate(tree)
+    return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
+
+  def shard(self, batch: Any) -> Any:
+    """This process's part of the global batch -> device arrays."""
+    if self.kind == "pmap":
+      return shard(batch)
+    return jax.tree.map(
+        lambda x: jax.make_array_from_process_local_data(self._sharded, np.asarray(x)), batch)
+
+  def unshard(self, tree: Any) -> Any:
+    """Per-example outputs -> numpy, this process's examples in batch order."""
+    if self.kind == "pmap":
+      return unshard(tree)
+
+    def local(x):
+      shards = sorted(x.addressable_shards, key=lambda s: s.index[0].start or 0)
+      return np.concatenate([np.asarray(s.data) for s in shards])
+    return jax.tree.map(local, tree)
+
+  def keys(self, rng: jax.Array) -> jax.Array:
+    """One key per device (the ones on this process for pmap, all for jit)."""
+    if self.kind == "pmap":
+      return jax.random.split(rng, jax.local_device_count())
+    keys = jax.random.split(rng, jax.device_count())
+    return jax.make_array_from_callback(keys.shape, self._sharded, lambda idx: keys[idx])
+
+  def first(self, tree: Any) -> Any:
+    """Host values of replicated step outputs (pmean'ed metrics)."""
+    if self.kind == "pmap":
+      return jax.tree.map(lambda x: np.asarray(x)[0], jax.device_get(tree))
+    return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)

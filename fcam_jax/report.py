@@ -274,21 +274,24 @@ def report(paths: Sequence[str], out: str = "", metrics: Optional[Sequence[str]]
   return md, table
 
 
-_OUT = flags.DEFINE_string("out", "", "Folder for report.md and report.csv (default: print only).")
-_METRICS = flags.DEFINE_list("metrics", [], f"Metrics to tabulate (default all of {METRICS}).")
+def define_flags():
+  """The command's flags (defined only when run as a command: other modules use these names)."""
+  flags.DEFINE_string("out", "", "Folder for report.md and report.csv (default: print only).")
+  flags.DEFINE_list("metrics", [], f"Metrics to tabulate (default all of {METRICS}).")
 
 
 def main(argv):
   if len(argv) < 2:
     print("usage: python -m fcam_jax.report RUN_DIR [RUN_DIR...] [--out=DIR]", file=sys.stderr)
     sys.exit(2)
-  unknown = [m for m in _METRICS.value if m not in METRICS]
+  out, wanted = flags.FLAGS.out, flags.FLAGS.metrics
+  unknown = [m for m in wanted if m not in METRICS]
   if unknown:
     print(f"error: --metrics: unknown {', '.join(unknown)}; known: {', '.join(METRICS)}",
           file=sys.stderr)
     sys.exit(2)
   try:
-    md, _ = report(argv[1:], _OUT.value, _METRICS.value or None)
+    md, _ = report(argv[1:], out, wanted or None)
   except ReportError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
@@ -296,4 +299,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -243,6 +243,8 @@ def run_sweep(config: ml_collections.ConfigDict, variants: Sequence[Dict[str, An
     try:
       train.train_and_evaluate(job["config"], job["workdir"])
       status[job["name"]] = "done"
+    except train.Preempted:
+      raise  # a checkpoint is saved; the same command resumes the sweep
     except Exception as e:  # pylint: disable=broad-except
       if job["shared"]:
         raise
@@ -261,12 +263,18 @@ def main(argv):
     main_lib.fail("--sweep is required")
   try:
     config = config_lib.validate(main_lib.CONFIG.value)
+    from fcam_jax import distributed  # pylint: disable=g-import-not-at-top
+    distributed.initialize_from_config(config)
     variants = load_sweep(_SWEEP.value)
     status = run_sweep(config, variants, main_lib.WORKDIR.value, _ONLY.value,
                        _SHARD.value, _DRY_RUN.value)
   except config_lib.ConfigError as e:
     main_lib.fail(str(e))
   except Exception as e:  # pylint: disable=broad-except
+    from fcam_jax import train  # pylint: disable=g-import-not-at-top
+    if isinstance(e, train.Preempted):
+      print(str(e), file=sys.stderr)
+      sys.exit(0)
     from fcam_jax import checkpoint, weights  # pylint: disable=g-import-not-at-top
     if isinstance(e, (checkpoint.CheckpointNotFoundError, FileNotFoundError,
                       weights.PretrainedError)):

@@ -5,13 +5,19 @@ after each one, keeps the latest and the best checkpoint (by
 `config.eval.selection_metric`), resumes from the latest when run again, and ends
 with the best checkpoint evaluated on test. `<workdir>/results.json` collects the
 test metrics with the config, the package versions and the git commit.
+
+SIGTERM checkpoints at the next step boundary and raises `Preempted`; a NaN/Inf loss
+term or gradient raises `NonFiniteError` before the diverged state is saved.
 """
 
 import functools
 import json
 import os
 import platform
+import shutil
+import signal
 import subprocess
+import threading
 import time
 from typing import Callable, Dict, Iterable, List, Optional
 
@@ -51,6 +57,17 @@ def _check_workdir(workdir: str):
     raise OSError(f"workdir {workdir} is not writable: {e}") from e
 
 
+def check_free_space(directory: str, state, copies: int = 3):
+  """Fails before training if `directory` cannot hold `copies` checkpoints of `state`
+  (the latest, the best and the one being written)."""
+  need = copies * sum(np.asarray(x).nbytes for x in jax.tree.leaves(state))
+  free = shutil.disk_usage(directory).free
+  if free < need:
+    raise OSError(f"workdir {directory} has {free / 2**20:.0f} MiB free; its checkpoints need "
+                  f"about {need / 2**20:.0f} MiB ({copies} x the training state): free some "
+                  "space or use another --workdir")
+
+
 def make_evaluators(split: sources.Split, config, interval: float) -> List:
   """Box metrics where the split has boxes, mask metrics (PxAP) where it has masks."""
   evaluators = []
@@ -67,7 +84,8 @@ def make_evaluators(split: sources.Split, config, interval: float) -> List:
 
 def evaluate(map_fn: Callable, variables, split: sources.Split, config, interval: float,
              rng: jax.Array, names: Iterable[str] = ("cam",),
-             observe: Optional[Callable] = None, label: str = "") -> Dict[str, Dict]:
+             observe: Optional[Callable] = None, label: str = "",
+             par: Optional[parallel.DataParallel] = None) -> Dict[str, Dict]:
   """Scores the maps `map_fn(variables, batch, rng) -> (logits, maps...)` on `split`.
 
   `names` labels the maps map_fn returns after the logits (e.g. ('cam', 'fcam')).
@@ -78,14 +96,15 @@ def evaluate(map_fn: Callable, variables, split: sources.Split, config, interval
   names = tuple(names)
   evaluators = {n: make_evaluators(split, config, interval) for n in names}
   local_batch = config.eval.batch_size // jax.process_count()
-  rngs = jax.random.split(rng, jax.local_device_count())
+  par = par or parallel.DataParallel()
+  rngs = par.keys(rng)
   progress = writers.EvalProgress(
       label or split.name, pipeline.num_eval_batches(len(split), local_batch, jax.process_count()))
   images = 0
   for b, batch in enumerate(pipeline.eval_batches(split, config, local_batch=local_batch,
                                                   process_index=jax.process_index(),
                                                   process_count=jax.process_count())):
-    out = parallel.unshard(map_fn(variables, parallel.shard(batch), rngs))
+    out = par.unshard(map_fn(variables, par.shard(batch), rngs))
     logits, maps = out[0], out[1:]
     valid = batch["mask"]
     for name, m in zip(names, maps):
@@ -147,19 +166,85 @@ def _write_json(path: str, obj):
     os.replace(tmp, path)
 
 
+class NonFiniteError(RuntimeError):
+  """A NaN or Inf loss or gradient; the message names the stage, step and loss term."""
+
+
+class Preempted(Exception):
+  """SIGTERM: a checkpoint was saved at a step boundary; rerunning resumes from it."""
+
+
 class _MeanMetrics:
-  """Averages per-step metrics (pmean'ed, so the same on every device) over an interval."""
+  """Averages per-step metrics (pmean'ed, so the same on every device) over an interval,
+  and stops at the first step whose metrics are not finite."""
+
+  def __init__(self, stage: str):
+    self._stage = stage
+    self._items = []
+
+  def add(self, step: int, m):
+    self._items.append((step, m))
+
+  def pop(self, par: parallel.DataParallel) -> Dict[str, float]:
+    items = [(step, par.first(m)) for step, m in self._items]  # one host sync per interval
+    self._items = []
+    for step, m in items:
+      bad = {k: float(v) for k, v in m.items() if not np.isfinite(v)}
+      if bad:
+        raise NonFiniteError(_non_finite_message(self._stage, step, m, bad))
+    return {k: float(np.mean([m[k] for _, m in items])) for k in items[0][1]}
+
+
+# Metric names of the loss terms, for the NaN message (stage 1: cross-entropy).
+_TERMS = {"loss": "the total loss", "seeds": "the seed loss (fcam.seeds)",
+          "crf": "the CRF loss (fcam.crf)", "size": "the size loss (fcam.size)",
+          "grad_norm": "the gradient"}
+
+
+def _non_finite_message(stage: str, step: int, metrics: Dict, bad: Dict) -> str:
+  terms = [k for k in ("seeds", "crf", "size") if k in bad]
+  if terms:
+    culprit = " and ".join(_TERMS[k] for k in terms)
+  elif "loss" in bad:
+    culprit = "the cross-entropy loss" if stage == "stage1" else "the total loss"
+  elif "grad_norm" in bad:
+    culprit = "the gradient (the loss was finite)"
+  else:
+    culprit = ", ".join(bad)
+  values = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())
+  return (f"{stage}: {culprit} became NaN/Inf at step {step} ({values}). Training stopped "
+          "before saving this state: the last checkpoint holds the last good one. Lower the "
+          "learning rate or that term's weight, then rerun the same command to resume.")
+
+
+# The selection score of a preemption checkpoint: below any metric, so never `best`.
+_PREEMPTION_SCORE = -1.0
+
+
+class _SigtermFlag:
+  """Turns SIGTERM into a request to checkpoint at the next step boundary (one process);
+  with several processes, JAX's preemption sync point makes them agree on the step."""
 
   def __init__(self):
-    self._items = []
+    self.requested = False
+    self._previous = None
+    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
 
-  def add(self, m):
-    self._items.append(m)
+  def _handle(self, signum, frame):
+    del signum, frame
+    logging.warning("SIGTERM: saving a checkpoint at the next step boundary")
+    self.requested = True
 
-  def pop(self) -> Dict[str, float]:
-    items = jax.device_get(self._items)  # one host sync per logging interval
-    self._items = []
-    return {k: float(np.mean([np.asarray(i[k])[0] for i in items])) for k in items[0]}
+  def __call__(self, step: int) -> bool:
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self.requested
+
+  def close(self):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
 
 
 def run_stage(*, name: str, config, workdir: str, splits: Dict[str, sources.Split], writer,
@@ -167,7 +252,7 @@ def run_stage(*, name: str, config, workdir: str, splits: Dict[str, sources.Spli
               map_fn: Callable, variables_of: Callable, map_names=("cam",),
               test_map_fn: Optional[Callable] = None, test_map_names=None,
               end_of_epoch: Optional[Callable] = None, summarize: Optional[Callable] = None,
-              stage_config) -> Dict:
+              stage_config, par: parallel.DataParallel) -> Dict:
   """The epoch loop shared by both stages; returns the stage's results dict.
 
   `map_fn(variables, batch, rng) -> (logits, *maps)` gives the maps named
@@ -192,6 +277,7 @@ def run_stage(*, name: str, config, workdir: str, splits: Dict[str, sources.Spli
   eval_rng = jax.random.key(config.seed + 1)
 
   ckpt = ckpt_lib.Checkpointer(os.path.join(stage_dir, "checkpoints"))
+  check_free_space(stage_dir, state)
   latest = ckpt.latest_step()
   if latest is not None:
     state, meta = ckpt.restore(latest, state)
@@ -203,7 +289,7 @@ def run_stage(*, name: str, config, workdir: str, splits: Dict[str, sources.Spli
     t0 = time.time()
     val = evaluate(map_fn, variables_of(state_r), splits["val"], config,
                    config.eval.val_interval, eval_rng, map_names,
-                   label=f"{name} val (epoch {epoch})")[map_names[-1]]
+                   label=f"{name} val (epoch {epoch})", par=par)[map_names[-1]]
     if selection not in val:
       raise config_lib.ConfigError(
           f"config.eval.selection_metric={selection!r} is not computed on this dataset; "
@@ -214,29 +300,45 @@ def run_stage(*, name: str, config, workdir: str, splits: Dict[str, sources.Spli
                  time.time() - t0)
     return float(val[selection])
 
-  state_r = parallel.replicate(state)
+  state_r = par.replicate(state)
   step = int(state.step)
   if latest is None:  # evaluate the initial model; it competes for `best` too.
     ckpt.save(0, state, meta, validate(state_r, 0, 0))
 
   progress = writers.report_progress(total_steps, writer, every_steps=config.log_every_steps)
-  train_metrics = _MeanMetrics()
-  for epoch in range(step // spe, stage_config.epochs):
-    for batch in pipeline.train_batches(
-        train_split, config, global_batch=global_batch, epoch=epoch, start_step=step - epoch * spe,
-        seed=config.seed, process_index=jax.process_index(), process_count=jax.process_count()):
-      state_r, m = train_step(state_r, parallel.shard(batch))
-      train_metrics.add(m)
-      step += 1
-      progress(step)
-      if step % config.log_every_steps == 0 or step == (epoch + 1) * spe:
-        writer.write_scalars(step, {f"{name}/train/{k}": v for k, v in train_metrics.pop().items()})
-    if end_of_epoch is not None:
-      state_r = end_of_epoch(state_r)
-    score = validate(state_r, epoch + 1, step)
-    if (epoch + 1) % config.checkpoint_every_epochs == 0 or epoch + 1 == stage_config.epochs:
-      ckpt.save(step, parallel.unreplicate(state_r), meta, score)
-    writer.flush()
+  train_metrics = _MeanMetrics(name)
+  sigterm = _SigtermFlag()
+  preempted = False
+  try:
+    for epoch in range(step // spe, stage_config.epochs):
+      for batch in pipeline.train_batches(
+          train_split, config, global_batch=global_batch, epoch=epoch,
+          start_step=step - epoch * spe, seed=config.seed, process_index=jax.process_index(),
+          process_count=jax.process_count()):
+        state_r, m = train_step(state_r, par.shard(batch))
+        train_metrics.add(step + 1, m)
+        step += 1
+        progress(step)
+        preempted = sigterm(step)
+        if step % config.log_every_steps == 0 or step == (epoch + 1) * spe or preempted:
+          writer.write_scalars(step, {f"{name}/train/{k}": v
+                                      for k, v in train_metrics.pop(par).items()})
+        if preempted and step < (epoch + 1) * spe:  # the data order and keys resume from `step`
+          ckpt.save(step, par.unreplicate(state_r), meta, _PREEMPTION_SCORE)
+          raise Preempted(f"{name}: preempted at step {step}; checkpoint saved in "
+                          f"{ckpt.directory}. Rerun the same command to resume.")
+      if end_of_epoch is not None:
+        state_r = end_of_epoch(state_r)
+      score = validate(state_r, epoch + 1, step)
+      if ((epoch + 1) % config.checkpoint_every_epochs == 0 or epoch + 1 == stage_config.epochs
+          or preempted):
+        ckpt.save(step, par.unreplicate(state_r), meta, score)
+      writer.flush()
+      if preempted:  # at the end of an epoch: after its validation and checkpoint
+        raise Preempted(f"{name}: preempted at step {step} (end of epoch {epoch + 1}); "
+                        f"checkpoint saved in {ckpt.directory}. Rerun the same command to resume.")
+  finally:
+    sigterm.close()
 
   best = ckpt.best_step()
   best_state, _ = ckpt.restore(best, state)
@@ -244,9 +346,9 @@ def run_stage(*, name: str, config, workdir: str, splits: Dict[str, sources.Spli
   logging.info("%s: testing the best checkpoint (step %d, epoch %d)", name, best, best_epoch)
   test_names = tuple(test_map_names or map_names)
   recorder = figures.TestRecorder(test_names, config.eval.get("num_figures", 8))
-  test = evaluate(test_map_fn or map_fn, variables_of(parallel.replicate(best_state)),
+  test = evaluate(test_map_fn or map_fn, variables_of(par.replicate(best_state)),
                   splits["test"], config, config.eval.test_interval, eval_rng, test_names,
-                  observe=recorder, label=f"{name} test")
+                  observe=recorder, label=f"{name} test", par=par)
   for map_name, metrics in test.items():
     writer.write_scalars(step, {f"{name}/test/{map_name}/{k}": v for k, v in _scalars(metrics).items()})
   ckpt.close()
@@ -291,15 +393,15 @@ def _stage_figures(name: str, config, workdir: str, split: sources.Split, test: 
 def _write_summary(results: Dict, workdir: str, writer):
   """The test metrics as a table: logged, printed, in `<workdir>/summary.md` and the writer."""
   table = figures.summary_table(results)
-  logging.info("test results:\n%s", table)
   if jax.process_index() == 0:
+    logging.info("test results:\n%s", table)
     print(table, flush=True)
     with open(os.path.join(workdir, "summary.md"), "w") as f:
       f.write(table)
   writer.write_texts(0, {"summary": table})
 
 
-def train_classifier(config, workdir: str, splits, writer) -> Dict:
+def train_classifier(config, workdir: str, splits, writer, par: parallel.DataParallel) -> Dict:
   """Stage 1: the WSOL classifier, selected by its CAMs' localization on val."""
   dtype = compute_dtype(config)
   backbone_cls = models.backbone_class(config.model.backbone)
@@ -320,16 +422,15 @@ def train_classifier(config, workdir: str, splits, writer) -> Dict:
   state = steps.TrainState(step=jnp.array(0, jnp.int32), params=params,
                            batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
                            rng=jax.random.key_data(jax.random.fold_in(key, 1)), aux={})
-  train_step = jax.pmap(functools.partial(steps.classifier_train_step, model=model, tx=tx,
-                                           dtype=dtype), axis_name=parallel.AXIS,
-                         donate_argnums=(0,))
-  map_fn = jax.pmap(functools.partial(steps.classifier_maps, model=model, cam_config=config.cam,
-                                      dtype=dtype), axis_name=parallel.AXIS)
+  train_step = par.step(functools.partial(steps.classifier_train_step, model=model, tx=tx,
+                                          dtype=dtype), specs=(False, True))
+  map_fn = par.maps(functools.partial(steps.classifier_maps, model=model, cam_config=config.cam,
+                                      dtype=dtype), specs=(False, True, "key"))
   return run_stage(
       name="stage1", config=config, workdir=workdir, splits=splits, writer=writer,
       state=state, train_step=train_step, map_fn=map_fn,
       variables_of=lambda s: {"params": s.params, "batch_stats": s.batch_stats},
-      stage_config=config.stage1)
+      stage_config=config.stage1, par=par)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict:
@@ -340,7 +441,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict:
   writer = writers.create_writer(workdir, jax.process_index())
   writer.write_hparams(dict(_flatten(config.to_dict())))
   t0 = time.time()
+  par = parallel.DataParallel(config.parallel)
   splits = sources.load_splits(config)
+  sources.skip_log(splits).write(os.path.join(
+      workdir, "skipped_files.json" if jax.process_index() == 0
+      else f"skipped_files.{jax.process_index()}.json"))
   logging.info("data: %s", {k: len(v) for k, v in splits.items()})
   results = {"config": config.to_dict(), "versions": _versions(), "git_commit": _git_commit(),
              "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
@@ -348,16 +453,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict:
              "thresholds": {"val_interval": config.eval.val_interval,
                             "test_interval": config.eval.test_interval,
                             "iou_thresholds": list(config.eval.iou_thresholds)}}
-  if config.stages in ("stage1", "both"):
-    results["stage1"] = train_classifier(config, workdir, splits, writer)
-  if config.stages in ("stage2", "both"):
-    from fcam_jax import train_fcam  # pylint: disable=g-import-not-at-top
-    results["stage2"] = train_fcam.train_decoder(config, workdir, splits, writer)
-  results["wall_time_s"] = time.time() - t0
-  _write_json(os.path.join(workdir, "results.json"), results)
-  _write_summary(results, workdir, writer)
-  writer.flush()
-  writer.close()
+  try:
+    if config.stages in ("stage1", "both"):
+      results["stage1"] = train_classifier(config, workdir, splits, writer, par)
+    if config.stages in ("stage2", "both"):
+      from fcam_jax import train_fcam  # pylint: disable=g-import-not-at-top
+      results["stage2"] = train_fcam.train_decoder(config, workdir, splits, writer, par)
+    results["wall_time_s"] = time.time() - t0
+    _write_json(os.path.join(workdir, "results.json"), results)
+    _write_summary(results, workdir, writer)
+  finally:  # also when preempted or stopped by a NaN: what was logged is kept
+    writer.flush()
+    writer.close()
   return results
 
 

@@ -100,7 +100,7 @@ def fcam_maps(variables, batch: Dict, rng, *, classifier, decoder, config, with_
   return logits, steps.cam_maps(classifier, clf_vars, taps, x, batch["label"], rng, config.cam), fcam
 
 
-def train_decoder(config, workdir: str, splits, writer) -> Dict:
+def train_decoder(config, workdir: str, splits, writer, par: parallel.DataParallel) -> Dict:
   """Stage 2 from the stage-1 best checkpoint; returns the stage's results."""
   from fcam_jax import train  # pylint: disable=g-import-not-at-top
   dtype = train.compute_dtype(config)
@@ -109,7 +109,7 @@ def train_decoder(config, workdir: str, splits, writer) -> Dict:
   decoder = decoder_lib.decoder_for(backbone_cls, config_lib.decoder_channels(config),
                                     bn_axis_name=AXIS, dtype=dtype)
   clf_vars, clf_step = load_classifier(config, workdir)
-  clf_vars_r = parallel.replicate(clf_vars)
+  clf_vars_r = par.replicate(clf_vars)
 
   size = config.data.crop_size
   key = jax.random.key(config.seed + 2)
@@ -126,11 +126,12 @@ def train_decoder(config, workdir: str, splits, writer) -> Dict:
       rng=jax.random.key_data(jax.random.fold_in(key, 1)),
       aux={"elb_t": jnp.array(config.fcam.size.t_init, jnp.float32)})
 
-  p_step = jax.pmap(functools.partial(fcam_train_step, classifier=classifier, decoder=decoder,
+  p_step = par.step(functools.partial(fcam_train_step, classifier=classifier, decoder=decoder,
                                       tx=tx, config=config, dtype=dtype),
-                    axis_name=AXIS, donate_argnums=(0,))
-  p_maps = {with_cam: jax.pmap(functools.partial(fcam_maps, classifier=classifier, decoder=decoder,
-                                                 config=config, with_cam=with_cam), axis_name=AXIS)
+                     specs=(False, True, False))
+  p_maps = {with_cam: par.maps(functools.partial(fcam_maps, classifier=classifier, decoder=decoder,
+                                                 config=config, with_cam=with_cam),
+                               specs=(False, True, "key"))
             for with_cam in (False, True)}
 
   def end_of_epoch(state_r):
@@ -145,7 +146,7 @@ def train_decoder(config, workdir: str, splits, writer) -> Dict:
       map_fn=p_maps[False], map_names=("fcam",),
       test_map_fn=p_maps[True], test_map_names=("cam", "fcam"), end_of_epoch=end_of_epoch,
       summarize=functools.partial(_summarize, classifier_step=clf_step),
-      stage_config=config.stage2)
+      stage_config=config.stage2, par=par)
 
 
 def _summarize(out: Dict, classifier_step: int) -> Dict:

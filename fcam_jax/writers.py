@@ -66,14 +66,24 @@ class JsonlWriter:
     pass
 
 
+class NullWriter:
+  """What processes other than 0 write: nothing (their metrics are process 0's)."""
+
+  def __getattr__(self, name):
+    if name in ("write_scalars", "write_images", "write_texts", "write_hparams",
+                "write_histograms", "flush", "close"):
+      return lambda *args, **kwargs: None
+    raise AttributeError(name)
+
+
 def create_writer(logdir: str, process_index: int = 0, use_tensorboard: Optional[bool] = None):
   """CLU's default writer (TensorBoard + logging) plus metrics.jsonl on process 0.
 
-  Other processes get a writer that only logs. Without TensorFlow (or with
+  Other processes get a writer that writes nothing. Without TensorFlow (or with
   use_tensorboard=False) only the JSON-lines writer is used.
   """
   if process_index > 0:
-    return JsonlWriter(os.path.join(logdir, f"process_{process_index}"), log=False)
+    return NullWriter()
   if use_tensorboard is None:
     use_tensorboard = have_tensorflow()
   jsonl = JsonlWriter(logdir, log=not use_tensorboard)
