@@ -50,6 +50,8 @@ class Checkpointer:
     # Host numpy, not device arrays: every process holds the same values, and orbax
     # refuses process-local jax.Arrays in a multi-process job.
     state = jax.tree.map(np.asarray, jax.device_get(state))
+    if step in self._mngr.all_steps():  # saved again with its validation score
+      self._mngr.delete(step)
     self._mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                   meta=ocp.args.JsonSave(meta)),
                     metrics={"score": float(score)}, force=True)

@@ -304,6 +304,9 @@ def run_stage(*, name: str, config, workdir: str, splits: Dict[str, sources.Spli
   step = int(state.step)
   if latest is None:  # evaluate the initial model; it competes for `best` too.
     ckpt.save(0, state, meta, validate(state_r, 0, 0))
+  elif step % spe == 0 and not any(h["step"] == step for h in meta["history"]):
+    # Saved at the end of an epoch whose validation did not finish: validate it now.
+    ckpt.save(step, state, meta, validate(state_r, step // spe, step))
 
   progress = writers.report_progress(total_steps, writer, every_steps=config.log_every_steps)
   train_metrics = _MeanMetrics(name)
@@ -329,7 +332,11 @@ def run_stage(*, name: str, config, workdir: str, splits: Dict[str, sources.Spli
                           f"{ckpt.directory}. Rerun the same command to resume.")
       if end_of_epoch is not None:
         state_r = end_of_epoch(state_r)
-      score = validate(state_r, epoch + 1, step)
+      try:
+        score = validate(state_r, epoch + 1, step)
+      except Exception:  # e.g. an unreadable val image: keep the epoch's training
+        ckpt.save(step, par.unreplicate(state_r), meta, _PREEMPTION_SCORE)
+        raise
       if ((epoch + 1) % config.checkpoint_every_epochs == 0 or epoch + 1 == stage_config.epochs
           or preempted):
         ckpt.save(step, par.unreplicate(state_r), meta, score)
