@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from fcam_jax import train, writers
+from fcam_jax import checkpoint, train, writers
 from tests.conftest import REPO, tiny_config
 
 
@@ -78,7 +78,6 @@ def _cli(workdir, data_dir, *extra):
 
 
 def _params(workdir):
-  from fcam_jax import checkpoint  # pylint: disable=g-import-not-at-top
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "stage1", "checkpoints"), read_only=True)
   step = ckpt.latest_step()
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
@@ -122,3 +121,32 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, data_dir, stage1_
   ra = json.load(open(os.path.join(killed, "results.json")))["stage1"]
   rb = json.load(open(os.path.join(straight, "results.json")))["stage1"]
   assert ra["history"] == rb["history"] and ra["test"] == rb["test"]
+
+
+def test_a_crash_in_validation_keeps_the_epoch_and_resumes_with_its_validation(
+    tmp_path, stage1_run, monkeypatch):
+  """An exception while validating after epoch 1 (e.g. a val image that became
+  unreadable) saves the trained state first; the rerun validates that epoch, then goes
+  on, and ends exactly like a run that never failed."""
+  _, config, straight = stage1_run
+  straight = straight["stage1"]
+
+  real, calls = train.evaluate, []
+
+  def failing_evaluate(*args, **kwargs):
+    calls.append(kwargs.get("label", ""))
+    if len(calls) == 2:  # epoch 0 passes, epoch 1's validation fails
+      raise OSError("val/00003.png: unreadable (injected)")
+    return real(*args, **kwargs)
+  monkeypatch.setattr(train, "evaluate", failing_evaluate)
+  workdir = str(tmp_path / "run")
+  with pytest.raises(OSError, match="injected"):
+    train.train_and_evaluate(config, workdir)
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "stage1", "checkpoints"), read_only=True)
+  assert ckpt.latest_step() == straight["steps_per_epoch"]  # epoch 1's training is kept
+  ckpt.close()
+
+  monkeypatch.setattr(train, "evaluate", real)
+  resumed = train.train_and_evaluate(config, workdir)["stage1"]
+  assert resumed["history"] == straight["history"]
+  assert resumed["best_step"] == straight["best_step"] and resumed["test"] == straight["test"]
