@@ -23,6 +23,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import bench_util  # noqa: E402  pylint: disable=g-import-not-at-top
 from fcam_jax import cams  # noqa: E402
 from fcam_jax.models import Classifier, backbone_class  # noqa: E402
 
@@ -36,21 +37,6 @@ _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed calls per method.")
 _WARMUP = flags.DEFINE_integer("warmup", 1, "Untimed calls before timing.")
 _SCORECAM_CHUNK = flags.DEFINE_integer("scorecam_chunk", 32, "config.cam.scorecam_chunk.")
 _ABLATIONCAM_CHUNK = flags.DEFINE_integer("ablationcam_chunk", 32, "config.cam.ablationcam_chunk.")
-
-
-def random_variables(model, images, seed=0):
-  """He-normal kernels, unit BatchNorm: fast (no jitted random init to compile)."""
-  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), images[:1])
-  rs = np.random.RandomState(seed)
-
-  def fill(path, leaf):
-    name = path[-1].key
-    if name == "kernel":
-      return rs.normal(0, np.sqrt(2 / np.prod(leaf.shape[:-1])), leaf.shape)
-    return np.ones(leaf.shape) if name in ("scale", "var") else np.zeros(leaf.shape)
-
-  return jax.tree_util.tree_map_with_path(
-      lambda p, l: jnp.asarray(fill(p, l), l.dtype), shapes)
 
 
 def time_fn(fn, args, warmup, repeats):
@@ -75,7 +61,8 @@ def main(argv):
   images = jnp.asarray(rs.randn(b, size, size, 3), jnp.float32)
   labels = jnp.asarray(rs.randint(0, _NUM_CLASSES.value, b), jnp.int32)
   key = jax.random.PRNGKey(0)
-  variables = random_variables(model, images)
+  variables = bench_util.random_variables(
+      jax.eval_shape(model.init, jax.random.PRNGKey(0), images[:1]))
   tap = _TAP.value or backbone.CAM_TAP
   options = dict(cams.DEFAULT_OPTIONS, scorecam_chunk=_SCORECAM_CHUNK.value,
                  ablationcam_chunk=_ABLATIONCAM_CHUNK.value)
