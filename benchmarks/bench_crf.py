@@ -1,11 +1,12 @@
 r"""Speed and accuracy of the dense CRF loss (fcam_jax.losses.dense_crf_loss), SPEC §6.
 
   python benchmarks/bench_crf.py [--batch=32] [--size=224] [--cells=0.5,0.75,1.0]
-      [--exact_size=112] [--repeats=3] [--warmup=1]
+      [--chunks=4] [--exact_size=112] [--repeats=3] [--warmup=1]
   python benchmarks/bench_crf.py --accuracy [--accuracy_size=64] [--cells=0.5,1.0]
 
 Timing: loss + gradient w.r.t. the probabilities, jitted, `batch` x size x size x 2 classes,
-seconds per call over `repeats` calls after `warmup` calls; `temp MB` is XLA's temporary
+seconds per call (the best of `repeats` calls after `warmup` calls, all listed) for each
+grid_cell x batch_chunk (images per grid pass, 0: the whole batch); `temp MB` is XLA's temporary
 buffer size for that program. The error columns compare with the exact O(N^2) sum (numpy
 float64) on one synthetic photo-like image of `exact_size` (loss: relative error; gradient:
 cosine similarity). The original's C++ permutohedral lattice takes ~750 ms per batch of
@@ -16,6 +17,7 @@ cosine similarity). The original's C++ permutohedral lattice takes ~750 ms per b
 (n/a where the grid would have more than --max_grid_nodes nodes).
 """
 
+import itertools
 import os
 import sys
 import time
@@ -35,6 +37,7 @@ from tests.losses.test_crf import (cosine, exact_loss_and_grad, synthetic_image,
 _BATCH = flags.DEFINE_integer("batch", 32, "Images per call.")
 _SIZE = flags.DEFINE_integer("size", 224, "Image side for the timing.")
 _CELLS = flags.DEFINE_list("cells", ["0.5", "0.75", "1.0"], "grid_cell values.")
+_CHUNKS = flags.DEFINE_list("chunks", ["4"], "batch_chunk values (0: the whole batch).")
 _SIGMA_XY = flags.DEFINE_float("sigma_xy", 100.0, "sigma_xy for the timing.")
 _SIGMA_RGB = flags.DEFINE_float("sigma_rgb", 15.0, "sigma_rgb for the timing.")
 _METHOD = flags.DEFINE_enum("method", "auto", list(crf.METHODS), "Method for the timing.")
@@ -83,10 +86,11 @@ def timing():
           f"{time.perf_counter() - start:.1f} s (numpy float64)")
   print(f"batch {b} x {size}x{size} x 2, sigma_xy {sxy:g}, sigma_rgb {srgb:g}, "
         f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start")
-  print(f"{'cell':>5} {'method':>6} {'nodes (space|tiles x colour)':>28} {'compile s':>9} "
+  print(f"{'cell':>5} {'chunk':>5} {'method':>6} {'nodes (space|tiles x colour)':>28} {'compile s':>9} "
         f"{'ms/batch':>9} {'temp MB':>8} {'loss err':>9} {'grad cos':>9}")
-  for cell in map(float, _CELLS.value):
-    kwargs = dict(sigma_xy=sxy, sigma_rgb=srgb, grid_cell=cell, method=_METHOD.value)
+  for cell, chunk in itertools.product(map(float, _CELLS.value), map(int, _CHUNKS.value)):
+    kwargs = dict(sigma_xy=sxy, sigma_rgb=srgb, grid_cell=cell, method=_METHOD.value,
+                  batch_chunk=chunk)
     method = crf._plan(probs.shape, sxy, srgb, cell, _METHOD.value).method
     start = time.perf_counter()
     compiled = loss_and_grad_fn(**kwargs).lower(*args).compile()
@@ -104,7 +108,7 @@ def timing():
     if reference is not None:
       err, cos = error(*reference[0], reference[1], **kwargs)
     nodes = grid_nodes(size, sxy, srgb, cell)[1] if method == "grid" else "-"
-    print(f"{cell:5.2f} {method:>6} {nodes:>28} {compile_s:9.1f} {1e3 * min(times):9.0f} "
+    print(f"{cell:5.2f} {chunk:5d} {method:>6} {nodes:>28} {compile_s:9.1f} {1e3 * min(times):9.0f} "
           f"{temp:8.0f} {100 * err:+8.2f}% {cos:9.5f}   (all ms: "
           f"{', '.join(f'{1e3 * t:.0f}' for t in times)})", flush=True)
   print(f"load average {os.getloadavg()[0]:.1f} at end")

@@ -27,7 +27,10 @@ W S is computed without a permutohedral lattice, by one of two methods:
 * `direct`: the exact sum over |dx|, |dy| <= 4 sigma_xy (the whole image if smaller), cost
   ~ H W (8 sigma_xy + 1)^2; for small sigma_xy, where the grid has too many nodes.
 
-`method='auto'` takes the one with less estimated work for the shapes at hand.
+`method='auto'` takes the one with less estimated work for the shapes at hand. The grid
+filters `batch_chunk` images at a time (a `lax.map` over chunks, the batch zero-padded to a
+multiple): on a CPU a few images' grids stay in cache, 1.2-2.4x faster at batch 32 than the
+whole batch's grid at once (benchmarks/bench_crf.py, `--chunks`); 0 filters the whole batch.
 """
 
 import functools
@@ -50,10 +53,12 @@ class _Plan(NamedTuple):
   sigma_xy: float
   sigma_rgb: float
   cell: float
+  chunk: int
 
 
 def dense_crf_loss(probs, images, *, sigma_rgb: float = 15., sigma_xy: float = 100.,
-                   scale: float = 1.0, grid_cell: float = 0.5, method: str = "auto"):
+                   scale: float = 1.0, grid_cell: float = 0.5, method: str = "auto",
+                   batch_chunk: int = 4):
   """-(1/B) sum_b sum_k S_bk^T W S_bk for probs (B,H,W,K) and raw images (B,H,W,3) in 0..255.
 
   `scale` in (0, 1], as Tang's DenseCRFLoss: the image is resized by `scale` with torch's
@@ -70,26 +75,29 @@ def dense_crf_loss(probs, images, *, sigma_rgb: float = 15., sigma_xy: float = 1
     images = _resize_nearest(images, scale)
     probs = _resize_bilinear(probs, scale)
     sigma_xy = sigma_xy * scale
-  return _crf_loss(probs, images, _plan(probs.shape, sigma_xy, sigma_rgb, grid_cell, method))
+  return _crf_loss(probs, images,
+                   _plan(probs.shape, sigma_xy, sigma_rgb, grid_cell, method, batch_chunk))
 
 
 def bilateral_filter(values, images, *, sigma_rgb: float = 15., sigma_xy: float = 100.,
-                     grid_cell: float = 0.5, method: str = "auto"):
+                     grid_cell: float = 0.5, method: str = "auto", batch_chunk: int = 4):
   """W v for values (B,H,W,K) and images (B,H,W,3): the filtering inside the loss."""
-  plan = _plan(values.shape, sigma_xy, sigma_rgb, grid_cell, method)
+  plan = _plan(values.shape, sigma_xy, sigma_rgb, grid_cell, method, batch_chunk)
   return _filter(jnp.asarray(values, jnp.float32), jnp.asarray(images, jnp.float32), plan)
 
 
-def _plan(shape, sigma_xy, sigma_rgb, grid_cell, method) -> _Plan:
+def _plan(shape, sigma_xy, sigma_rgb, grid_cell, method, batch_chunk=4) -> _Plan:
   if method not in METHODS:
     raise ValueError(f"method={method!r}: must be one of {', '.join(METHODS)}")
   if grid_cell <= 0:
     raise ValueError(f"grid_cell={grid_cell!r}: must be > 0")
+  if batch_chunk < 0 or int(batch_chunk) != batch_chunk:
+    raise ValueError(f"batch_chunk={batch_chunk!r}: must be an integer >= 0")
   _, h, w, _ = shape
   sigma_xy, sigma_rgb, grid_cell = float(sigma_xy), float(sigma_rgb), float(grid_cell)
   if method == "auto":
     method = _auto_method(h, w, sigma_xy, sigma_rgb, grid_cell)
-  return _Plan(method, sigma_xy, sigma_rgb, grid_cell)
+  return _Plan(method, sigma_xy, sigma_rgb, grid_cell, int(batch_chunk))
 
 
 # ---------------------------------------------------------------------------- the loss
@@ -119,9 +127,21 @@ _crf_loss.defvjp(_crf_loss_fwd, _crf_loss_bwd)
 def _filter(s, images, plan: _Plan):
   if plan.method == "grid":
     consts = _grid_consts(s.shape[1], s.shape[2], plan.sigma_xy, plan.sigma_rgb, plan.cell)
-    return _grid_filter(s, images, consts)
+    return _in_chunks(functools.partial(_grid_filter, c=consts), s, images, plan.chunk)
   direct = functools.partial(_direct_filter, sigma_xy=plan.sigma_xy, sigma_rgb=plan.sigma_rgb)
   return lax.map(lambda args: direct(*args), (s, images))  # one image at a time: memory
+
+
+def _in_chunks(fn, s, images, chunk: int):
+  """fn over `chunk` images at a time (sequentially: lax.map), the batch zero-padded."""
+  bsz = s.shape[0]
+  if chunk <= 0 or chunk >= bsz:
+    return fn(s, images)
+  steps = -(-bsz // chunk)
+  pad = [(0, steps * chunk - bsz)] + [(0, 0)] * 3
+  split = lambda x: jnp.pad(x, pad).reshape((steps, chunk) + x.shape[1:])
+  out = lax.map(lambda args: fn(*args), (split(s), split(images)))
+  return out.reshape((steps * chunk,) + out.shape[2:])[:bsz]
 
 
 # ------------------------------------------------------------------------ the grid

@@ -210,3 +210,17 @@ def test_full_size_batch_memory():
     if stats is None:
       pytest.skip("no memory analysis on this backend")
     assert stats.temp_size_in_bytes < 4 * 2 ** 30, (cell, stats.temp_size_in_bytes)
+
+
+@pytest.mark.parametrize("chunk", [0, 1, 2, 3])
+def test_batch_chunks_give_the_same_filter(chunk):
+  """Filtering a batch of 5 in chunks (padded when 5 is not a multiple) = all at once."""
+  probs, images = batch(24, 20, n=5)
+  args = jnp.asarray(probs, jnp.float32), jnp.asarray(images, jnp.float32)
+  whole = crf.bilateral_filter(*args, sigma_xy=30., grid_cell=1.0, method="grid", batch_chunk=0)
+  chunked = crf.bilateral_filter(*args, sigma_xy=30., grid_cell=1.0, method="grid",
+                                 batch_chunk=chunk)
+  assert chunked.shape == whole.shape
+  np.testing.assert_allclose(np.asarray(chunked), np.asarray(whole), rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match="batch_chunk"):
+    crf.bilateral_filter(*args, batch_chunk=-1)
