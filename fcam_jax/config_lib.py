@@ -38,6 +38,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.stages = "both"            # stage1 | stage2 | both
   c.half_precision = False     # bf16 activations, fp32 params and losses
   c.parallel = "pmap"          # pmap | jit (jit of shard_map over a mesh); same numbers
+  c.cpu_ynnpack = False        # XLA:CPU's YNNPACK conv fusions (XLA's default; slower here)
 
   # Multi-process jobs (fcam_jax/distributed.py); '' = one process, or the cluster's env.
   c.distributed = ml_collections.ConfigDict(dict(
@@ -116,6 +117,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.fcam.crf.sigma_xy = 100.0
   c.fcam.crf.scale = 1.0        # image downscale factor before the CRF
   c.fcam.crf.grid_cell = 0.5    # bilateral-grid cell, in units of sigma
+  c.fcam.crf.batch_chunk = 4    # images per grid pass (speed/memory only); 0: whole batch
   c.fcam.size = ml_collections.ConfigDict()
   c.fcam.size.enabled = True
   c.fcam.size.weight = 0.1
@@ -202,7 +204,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _positive(config, "stage1.epochs", "stage2.epochs", "stage1.weight_decay",
             "stage2.weight_decay", "data.num_workers", "cam.smooth_std",
             "fcam.seeds.sl_max", "fcam.seeds.sl_min", "stage1.lr_decay_epochs",
-            "stage2.lr_decay_epochs", "eval.num_figures", allow_zero=True)
+            "stage2.lr_decay_epochs", "eval.num_figures", "fcam.crf.batch_chunk",
+            allow_zero=True)
   if config.data.crop_size > config.data.resize_size:
     raise ConfigError(f"config.data.crop_size={config.data.crop_size} is larger than "
                       f"config.data.resize_size={config.data.resize_size}")

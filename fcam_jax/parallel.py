@@ -14,7 +14,8 @@ inputs taken inside the body come out already summed over the axis, and the
 steps' own `pmean` would count them twice.
 """
 
-from typing import Any, Callable, Sequence
+import functools
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import jax
 from jax.sharding import NamedSharding, PartitionSpec as P
@@ -22,6 +23,33 @@ import numpy as np
 
 AXIS = "batch"
 KINDS = ("pmap", "jit")
+# XLA:CPU routes convolutions through YNNPACK fusions by default; on the AVX2 CPUs
+# measured (benchmarks/README.md) XLA's own convolutions make the stage-2 step 1.7x
+# faster, above all the decoder's weight gradients.
+NO_YNNPACK = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+
+def compiler_options(cpu_ynnpack: bool = False) -> Dict[str, str]:
+  """XLA options for the steps: without YNNPACK fusions on CPU unless `cpu_ynnpack`."""
+  return {} if cpu_ynnpack or jax.default_backend() != "cpu" else dict(NO_YNNPACK)
+
+
+def with_options(fn: Callable, options: Optional[Dict[str, str]]) -> Callable:
+  """A jitted or pmapped `fn` compiled with XLA `options` (pmap takes none itself):
+  lowered and compiled once per argument signature, like jit's own cache."""
+  if not options:
+    return fn
+  cache = {}
+
+  @functools.wraps(fn)
+  def call(*args):
+    leaves, tree = jax.tree.flatten(args)
+    key = (tree, tuple((np.shape(x), getattr(x, "dtype", type(x)), getattr(x, "weak_type", False),
+                        getattr(x, "sharding", None)) for x in leaves))
+    if key not in cache:
+      cache[key] = fn.lower(*args).compile(compiler_options=options)
+    return cache[key](*args)
+  return call
 
 
 def _local_sharding() -> NamedSharding:
@@ -66,10 +94,12 @@ class DataParallel:
   pmean'ed metrics). `maps(fn, ...)` is the same for per-example outputs.
   """
 
-  def __init__(self, kind: str = "pmap"):
+  def __init__(self, kind: str = "pmap", options: Optional[Dict[str, str]] = None):
+    """`options`: XLA compiler options for every step (see `compiler_options`)."""
     if kind not in KINDS:
       raise ValueError(f"parallel backend {kind!r}: must be one of {', '.join(KINDS)}")
     self.kind = kind
+    self.options = dict(options or {})
     if kind == "jit":
       self.mesh = jax.sharding.Mesh(np.array(jax.devices()), (AXIS,))
       self._replicated = NamedSharding(self.mesh, P())
@@ -77,7 +107,10 @@ class DataParallel:
 
   def _compile(self, fn: Callable, specs: Sequence[bool], out_sharded: bool, donate):
     if self.kind == "pmap":
-      return jax.pmap(fn, axis_name=AXIS, donate_argnums=donate)
+      # An AOT-compiled pmap of several processes expects global shapes but is called
+      # with this process's arrays: there, XLA's default options.
+      options = self.options if jax.process_count() == 1 else None
+      return with_options(jax.pmap(fn, axis_name=AXIS, donate_argnums=donate), options)
     squeeze = [i for i, s in enumerate(specs) if s == "key"]
 
     def body(*args):  # per-device keys arrive as a block of one
@@ -86,7 +119,8 @@ class DataParallel:
     in_specs = tuple(P(AXIS) if s else P() for s in specs)
     mapped = jax.shard_map(body, mesh=self.mesh, in_specs=in_specs,
                            out_specs=P(AXIS) if out_sharded else P(), check_vma=False)
-    return jax.jit(mapped, donate_argnums=donate)
+    return functools.wraps(fn)(jax.jit(mapped, donate_argnums=donate,
+                                       compiler_options=self.options or None))
 
   def step(self, fn: Callable, specs: Sequence, donate=(0,)) -> Callable:
     """`specs[i]`: False = replicated arg, True = batch-sharded, 'key' = one key per device."""

@@ -48,6 +48,7 @@ import numpy as np
 from fcam_jax import checkpoint as ckpt_lib
 from fcam_jax import config_lib
 from fcam_jax import models
+from fcam_jax import parallel
 from fcam_jax import steps
 from fcam_jax.data import images as images_lib
 from fcam_jax.data import pipeline
@@ -307,7 +308,9 @@ def load_predictor(workdir: str, checkpoint: str = "best", method: Optional[str]
   cam_config = ml_collections.ConfigDict(config.cam.to_dict())
   cam_config.method = method or config.cam.method
   fn = jax.jit(functools.partial(predict_maps, classifier=classifier, decoder=decoder,
-                                 cam_config=cam_config, with_cam=with_cam))
+                                 cam_config=cam_config, with_cam=with_cam),
+               compiler_options=parallel.compiler_options(config.get("cpu_ynnpack", False))
+               or None)
   rng = jax.random.key(config.seed + 1)
   variables = jax.device_put(variables)
   return Predictor(config=config, variables=variables, checkpoint=info,

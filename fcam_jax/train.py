@@ -448,7 +448,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict:
   writer = writers.create_writer(workdir, jax.process_index())
   writer.write_hparams(dict(_flatten(config.to_dict())))
   t0 = time.time()
-  par = parallel.DataParallel(config.parallel)
+  par = parallel.DataParallel(config.parallel, parallel.compiler_options(config.cpu_ynnpack))
   splits = sources.load_splits(config)
   sources.skip_log(splits).write(os.path.join(
       workdir, "skipped_files.json" if jax.process_index() == 0

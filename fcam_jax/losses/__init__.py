@@ -37,7 +37,7 @@ def total_loss(logits, seeds, images_raw, t, config_fcam, axis_name=None):
     crf = config_fcam.crf
     terms["crf"] = dense_crf_loss(probs, images_raw, sigma_rgb=crf.sigma_rgb,
                                   sigma_xy=crf.sigma_xy, scale=crf.scale,
-                                  grid_cell=crf.grid_cell)
+                                  grid_cell=crf.grid_cell, batch_chunk=crf.batch_chunk)
     loss += crf.weight * terms["crf"]
   if config_fcam.size.enabled:
     terms["size"] = size_loss(probs, t)
