@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image
 
 from fcam_jax import metrics as metrics_lib
+from fcam_jax import report
 from fcam_jax.metrics import boxes as boxes_lib
 
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
@@ -39,17 +40,13 @@ WRITER_BUCKETS = 30  # histogram buckets sent to the metric writer
 GAP = 4              # white pixels between panels
 MIN_TILE = 128       # panels are upsampled (nearest, integer factor) to at least this side
 SUMMARY_KEYS = ("MaxBoxAcc", "MaxBoxAccV2", "PxAP", "top1_loc", "top5_loc", "top1_cls")
-METHOD_LABELS = {"cam": "CAM", "gradcam": "GradCAM", "gradcampp": "GradCAM++",
-                 "smoothgradcampp": "Smooth-GradCAM++", "xgradcam": "XGradCAM",
-                 "layercam": "LayerCAM", "hirescam": "HiResCAM", "scorecam": "ScoreCAM",
-                 "ablationcam": "AblationCAM", "eigencam": "EigenCAM"}
 COLORS = {"cam": "tab:orange", "fcam": "tab:green"}  # as the paper's Figs. 7-8
 IOU_STYLES = {30: ":", 50: "-", 70: "--"}
 
 
 def map_labels(method: str) -> Dict[str, str]:
   """Display names of the evaluated maps: the stage-1 method's, and F-CAM."""
-  return {"cam": METHOD_LABELS.get(method, method), "fcam": "F-CAM"}
+  return {"cam": report.METHOD_NAMES.get(method, method), "fcam": "F-CAM"}
 
 
 def histogram(maps, bins: int = HIST_BINS) -> np.ndarray:

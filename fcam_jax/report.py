@@ -30,6 +30,7 @@ import numpy as np
 METRICS = ("MaxBoxAcc", "MaxBoxAccV2", "PxAP", "top1_loc", "top5_loc", "top1_cls")
 METRIC_NAMES = {"MaxBoxAcc": "MaxBoxAcc", "MaxBoxAccV2": "MaxBoxAccV2", "PxAP": "PxAP",
                 "top1_loc": "Top-1 Loc", "top5_loc": "Top-5 Loc", "top1_cls": "Top-1 Cls"}
+# Display names (tables, figures); CAM* is the paper's name for its CAM.
 METHOD_NAMES = {"cam": "CAM*", "gradcam": "GradCAM", "gradcampp": "GradCAM++",
                 "smoothgradcampp": "Smooth-GradCAM++", "xgradcam": "XGradCAM",
                 "layercam": "LayerCAM", "hirescam": "HiResCAM", "scorecam": "ScoreCAM",

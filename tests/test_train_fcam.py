@@ -76,9 +76,9 @@ def test_figures_and_summary_after_a_run(both_stages):
     if cells[0] in ("stage1", "stage2"):
       rows[(cells[0], cells[1])] = cells[2:]
   s2 = results["stage2"]["test"]
-  assert set(rows) == {("stage1", "CAM"), ("stage2", "CAM (baseline)"), ("stage2", "F-CAM"),
-                       ("stage2", "F-CAM - CAM")}
+  assert set(rows) == {("stage1", "CAM*"), ("stage2", "CAM* (baseline)"), ("stage2", "F-CAM"),
+                       ("stage2", "F-CAM - CAM*")}
   assert float(rows[("stage2", "F-CAM")][0]) == pytest.approx(s2["fcam"]["MaxBoxAcc"], abs=0.01)
-  assert float(rows[("stage2", "CAM (baseline)")][2]) == pytest.approx(s2["cam"]["PxAP"], abs=0.01)
-  assert float(rows[("stage2", "F-CAM - CAM")][0]) == pytest.approx(
+  assert float(rows[("stage2", "CAM* (baseline)")][2]) == pytest.approx(s2["cam"]["PxAP"], abs=0.01)
+  assert float(rows[("stage2", "F-CAM - CAM*")][0]) == pytest.approx(
       s2["fcam"]["MaxBoxAcc"] - s2["cam"]["MaxBoxAcc"], abs=0.01)
