@@ -220,33 +220,54 @@ def _grid_filter(s, images, c: _GridConsts):
   Grid layout (y, x, r, g, b, batch, K), row-major: each blur is a matmul over one axis
   with batch and channels innermost; splat and slice move rows of K values.
   """
-  bsz, _, _, k = s.shape
-  nc = c.nc
-  tiles, nodes = c.space.shape
-  if tiles * nc ** 3 * bsz >= 2 ** 31:
+  tiles, _ = c.space.shape
+  if tiles * c.nc ** 3 * s.shape[0] >= 2 ** 31:
     raise ValueError(f"the bilateral grid has too many nodes for int32 indices "
-                     f"({tiles * nc ** 3 * bsz} rows): raise grid_cell")
-  batch = np.arange(bsz, dtype=np.int32)[:, None, None]
-  pos = jnp.clip(images, 0.0, 255.0) / c.colour_pitch  # colour in node units
-  # Splat: nearest node in all five dims.
-  near = jnp.round(pos).astype(jnp.int32)
+                     f"({tiles * c.nc ** 3 * s.shape[0]} rows): raise grid_cell")
+  return _slice(_expand(_blur_colour(_splat(s, images, c), c), c), images, c)
+
+
+def _colour_pos(images, c: _GridConsts):
+  return jnp.clip(images, 0.0, 255.0) / c.colour_pitch  # colour in node units
+
+
+def _splat(s, images, c: _GridConsts):
+  """Each pixel's K values added to its nearest node in all five dims: (rows, K)."""
+  bsz, _, _, k = s.shape
+  nc, nodes = c.nc, c.space.shape[1]
+  near = jnp.round(_colour_pos(images, c)).astype(jnp.int32)
   colour = (near[..., 0] * nc + near[..., 1]) * nc + near[..., 2]
+  batch = np.arange(bsz, dtype=np.int32)[:, None, None]
   index = ((c.splat_space * nc ** 3 + colour) * bsz + batch).reshape(-1)
   grid = jnp.zeros((nodes * nc ** 3 * bsz, k), jnp.float32)
-  grid = grid.at[index].add(s.reshape(-1, k), mode="promise_in_bounds")
-  # Blur the colour axes on the spatial nodes, then blur space and expand to the tiles.
-  a = c.colour_blur
-  grid = _matmul_axis1(a, grid.reshape(nodes, nc, -1))
-  grid = _matmul_axis1(a, grid.reshape(nodes * nc, nc, -1))
-  grid = _matmul_axis1(a, grid.reshape(nodes * nc * nc, nc, -1))
-  grid = (jnp.asarray(c.space) @ grid.reshape(nodes, -1)).reshape(-1, k)
-  # Slice: the pixel's tile, trilinear in colour.
+  return grid.at[index].add(s.reshape(-1, k), mode="promise_in_bounds")
+
+
+def _blur_colour(grid, c: _GridConsts):
+  nc, nodes = c.nc, c.space.shape[1]
+  grid = _matmul_axis1(c.colour_blur, grid.reshape(nodes, nc, -1))
+  grid = _matmul_axis1(c.colour_blur, grid.reshape(nodes * nc, nc, -1))
+  return _matmul_axis1(c.colour_blur, grid.reshape(nodes * nc * nc, nc, -1))
+
+
+def _expand(grid, c: _GridConsts):
+  """Blur space and interpolate it to the tiles: (tiles, nc^3 * B * K)."""
+  return jnp.asarray(c.space) @ grid.reshape(c.space.shape[1], -1)
+
+
+def _slice(grid, images, c: _GridConsts):
+  """The pixel's tile, trilinear in colour: (B,H,W,K) from the tiles' grid."""
+  bsz, h, w, _ = images.shape
+  nc = c.nc
+  k = grid.shape[1] // (nc ** 3 * bsz)
+  grid = grid.reshape(-1, k)
+  pos = _colour_pos(images, c)
   low = jnp.clip(jnp.floor(pos), 0, nc - 2)
   frac = pos - low
   low = low.astype(jnp.int32)
   colour = (low[..., 0] * nc + low[..., 1]) * nc + low[..., 2]
-  base = (c.tile_index * nc ** 3 + colour) * bsz + batch
-  out = jnp.zeros(s.shape, jnp.float32)
+  base = (c.tile_index * nc ** 3 + colour) * bsz + np.arange(bsz, dtype=np.int32)[:, None, None]
+  out = jnp.zeros((bsz, h, w, k), jnp.float32)
   for corner in itertools.product((0, 1), repeat=3):
     weight = jnp.prod(jnp.where(np.asarray(corner, bool), frac, 1.0 - frac), axis=-1)
     offset = ((corner[0] * nc + corner[1]) * nc + corner[2]) * bsz
