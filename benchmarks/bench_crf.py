@@ -62,8 +62,9 @@ def error(probs, images, reference, **kwargs):
 
 def grid_nodes(size, sigma_xy, sigma_rgb, cell):
   c = crf._grid_consts(size, size, sigma_xy, sigma_rgb, cell)
-  tiles, nodes = c.space.shape
-  return max(nodes, tiles) * c.nc ** 3, f"{nodes}|{tiles} x {c.nc}^3"
+  tiles, modes = c.space.shape
+  space = f"{c.nodes}" if modes == c.nodes else f"{c.nodes}>{modes}"
+  return max(c.nodes, tiles) * c.nc ** 3, f"{space}|{tiles} x {c.nc}^3"
 
 
 def one_image(size, seed=0):
@@ -86,8 +87,8 @@ def timing():
           f"{time.perf_counter() - start:.1f} s (numpy float64)")
   print(f"batch {b} x {size}x{size} x 2, sigma_xy {sxy:g}, sigma_rgb {srgb:g}, "
         f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start")
-  print(f"{'cell':>5} {'chunk':>5} {'method':>6} {'nodes (space|tiles x colour)':>28} {'compile s':>9} "
-        f"{'ms/batch':>9} {'temp MB':>8} {'loss err':>9} {'grad cos':>9}")
+  print(f"{'cell':>5} {'chunk':>5} {'method':>6} {'nodes (space[>modes]|tiles x colour)':>36} "
+        f"{'compile s':>9} {'ms/batch':>9} {'temp MB':>8} {'loss err':>9} {'grad cos':>9}")
   for cell, chunk in itertools.product(map(float, _CELLS.value), map(int, _CHUNKS.value)):
     kwargs = dict(sigma_xy=sxy, sigma_rgb=srgb, grid_cell=cell, method=_METHOD.value,
                   batch_chunk=chunk)
@@ -108,8 +109,8 @@ def timing():
     if reference is not None:
       err, cos = error(*reference[0], reference[1], **kwargs)
     nodes = grid_nodes(size, sxy, srgb, cell)[1] if method == "grid" else "-"
-    print(f"{cell:5.2f} {chunk:5d} {method:>6} {nodes:>28} {compile_s:9.1f} {1e3 * min(times):9.0f} "
-          f"{temp:8.0f} {100 * err:+8.2f}% {cos:9.5f}   (all ms: "
+    print(f"{cell:5.2f} {chunk:5d} {method:>6} {nodes:>36} {compile_s:9.1f} "
+          f"{1e3 * min(times):9.0f} {temp:8.0f} {100 * err:+8.2f}% {cos:9.5f}   (all ms: "
           f"{', '.join(f'{1e3 * t:.0f}' for t in times)})", flush=True)
   print(f"load average {os.getloadavg()[0]:.1f} at end")
 

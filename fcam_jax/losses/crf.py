@@ -17,11 +17,13 @@ W S is computed without a permutohedral lattice, by one of two methods:
   tent-interpolated to the centres of pixel tiles ~sigma_xy / 3 wide and each pixel reads
   its tile. Nearest splat, tent slice and tile lookup widen the kernel by h^2/12 + h^2/6
   (+ tile^2/12) per axis, so each blur Gaussian has the variance left, 1 minus that, and
-  keeps the kernel's mass. Error against the exact sum, 224x224 synthetic image at the
-  default sigmas: loss -0.06 % / -0.5 % / -1.6 % and gradient cosine 0.9994 / 0.998 / 0.997
-  at grid_cell 0.5 / 0.75 / 1.0 (benchmarks/bench_crf.py has the sigma sweep). Work and
-  memory grow as (H W / (h sigma_xy)^2) (255 / (h sigma_rgb))^3: loss + gradient of 32 x
-  224 x 224 x 2 took ~0.2 s at grid_cell 1.0 and ~1.6 s at 0.5 on a shared 2-core CPU
+  keeps the kernel's mass. The spatial operator (blur + tent to the tiles) is smooth: where
+  its numerical rank is well below the node count (13 of 36 nodes at grid_cell 0.5,
+  224x224), the colour blur runs on its leading singular modes instead of the nodes.
+  Error against the exact sum, 224x224 synthetic image at the default sigmas: loss -0.08 % /
+  -1.6 % / -1.1 % and gradient cosine 0.9994 / 0.998 / 0.997 at grid_cell 0.5 / 0.75 / 1.0
+  (benchmarks/bench_crf.py has the sigma sweep). Work and memory grow as
+  (H W / (h sigma_xy)^2) (255 / (h sigma_rgb))^3; benchmarks/README.md has the times
   (at 1.0 mostly the expansion to tiles and the slice gathers; at 0.5 the colour blur).
   The gradient is -(2/B) times this same approximate W S.
 * `direct`: the exact sum over |dx|, |dy| <= 4 sigma_xy (the whole image if smaller), cost
@@ -46,6 +48,7 @@ import numpy as np
 METHODS = ("auto", "grid", "direct")
 _WINDOW_SIGMAS = 4.0  # direct: spatial truncation radius, in sigma_xy
 _TILE = 1 / 3  # grid: slice tile side, in sigma_xy (at most one node pitch)
+_SPACE_RTOL = 1e-3  # grid: spatial modes kept, relative singular value
 
 
 class _Plan(NamedTuple):
@@ -176,7 +179,9 @@ class _GridConsts(NamedTuple):
   nc: int                  # colour nodes per axis
   colour_pitch: float      # in levels
   colour_blur: np.ndarray  # (nc, nc)
-  space: np.ndarray        # (tiles, nodes): spatial blur, then tent to the tile centres
+  nodes: int               # spatial nodes
+  space_in: object         # None, or (modes, nodes): the spatial nodes' leading modes
+  space: np.ndarray        # (tiles, nodes or modes): spatial blur + tent to the tile centres
   splat_space: np.ndarray  # (H, W) int32: the pixel's nearest spatial node, flat
   tile_index: np.ndarray   # (H, W) int32: the pixel's tile, flat
 
@@ -196,10 +201,20 @@ def _grid_consts(h: int, w: int, sigma_xy: float, sigma_rgb: float, cell: float)
     nearest = np.clip(np.round(np.arange(size) / sigma_xy / p), 0, n - 1).astype(np.int64)
     space.append((tiles, tile, blur.astype(np.float32), nearest, np.arange(size) // tile))
   (_, _, space_y, near_y, tile_y), (tx, _, space_x, near_x, tile_x) = space
+  space = np.kron(space_y, space_x)  # one matmul beats two skinny ones on XLA:CPU
+  nodes, space_in = space.shape[1], None
+  # The spatial operator is smooth, so of low numerical rank: when that rank is well
+  # below the node count, the colour blur runs on its leading modes (2-norm error
+  # < _SPACE_RTOL of the operator's).
+  u, sv, vt = np.linalg.svd(space.astype(np.float64), full_matrices=False)
+  rank = int(np.sum(sv > _SPACE_RTOL * sv[0]))
+  if rank <= 0.75 * nodes:
+    space_in = vt[:rank].astype(np.float32)
+    space = (u[:, :rank] * sv[:rank]).astype(np.float32)
   return _GridConsts(
       nc=nc, colour_pitch=pc * sigma_rgb,
       colour_blur=_gauss(nc, pc, 1.0 - pc * pc / 4).astype(np.float32),
-      space=np.kron(space_y, space_x),  # one matmul beats two skinny ones on XLA:CPU
+      nodes=nodes, space_in=space_in, space=space,
       splat_space=(near_y[:, None] * space_x.shape[1] + near_x[None, :]).astype(np.int32),
       tile_index=(tile_y[:, None] * tx + tile_x[None, :]).astype(np.int32))
 
@@ -224,7 +239,7 @@ def _grid_filter(s, images, c: _GridConsts):
   if tiles * c.nc ** 3 * s.shape[0] >= 2 ** 31:
     raise ValueError(f"the bilateral grid has too many nodes for int32 indices "
                      f"({tiles * c.nc ** 3 * s.shape[0]} rows): raise grid_cell")
-  return _slice(_expand(_blur_colour(_splat(s, images, c), c), c), images, c)
+  return _slice(_expand(_blur_colour(_to_modes(_splat(s, images, c), c), c), c), images, c)
 
 
 def _colour_pos(images, c: _GridConsts):
@@ -234,13 +249,20 @@ def _colour_pos(images, c: _GridConsts):
 def _splat(s, images, c: _GridConsts):
   """Each pixel's K values added to its nearest node in all five dims: (rows, K)."""
   bsz, _, _, k = s.shape
-  nc, nodes = c.nc, c.space.shape[1]
+  nc, nodes = c.nc, c.nodes
   near = jnp.round(_colour_pos(images, c)).astype(jnp.int32)
   colour = (near[..., 0] * nc + near[..., 1]) * nc + near[..., 2]
   batch = np.arange(bsz, dtype=np.int32)[:, None, None]
   index = ((c.splat_space * nc ** 3 + colour) * bsz + batch).reshape(-1)
   grid = jnp.zeros((nodes * nc ** 3 * bsz, k), jnp.float32)
   return grid.at[index].add(s.reshape(-1, k), mode="promise_in_bounds")
+
+
+def _to_modes(grid, c: _GridConsts):
+  """The spatial nodes' grids -> the leading modes' (when there are few): (modes, ...)."""
+  if c.space_in is None:
+    return grid
+  return jnp.asarray(c.space_in) @ grid.reshape(c.nodes, -1)
 
 
 def _blur_colour(grid, c: _GridConsts):

@@ -224,3 +224,23 @@ def test_batch_chunks_give_the_same_filter(chunk):
   np.testing.assert_allclose(np.asarray(chunked), np.asarray(whole), rtol=1e-5, atol=1e-6)
   with pytest.raises(ValueError, match="batch_chunk"):
     crf.bilateral_filter(*args, batch_chunk=-1)
+
+
+def test_spatial_modes_match_the_spatial_nodes(monkeypatch):
+  """The colour blur on the spatial operator's leading modes (kept to 1e-3 of its norm)
+  gives the filter of the full node grid to about that accuracy."""
+  probs, images = batch(48, 48, n=2)
+  args = jnp.asarray(probs, jnp.float32), jnp.asarray(images, jnp.float32)
+  kwargs = dict(sigma_xy=10., sigma_rgb=30., grid_cell=0.5, method="grid")
+  c = crf._grid_consts(48, 48, 10., 30., 0.5)
+  assert c.space_in is not None and c.space.shape[1] < 0.75 * c.nodes, c.space.shape
+  modes = np.asarray(crf.bilateral_filter(*args, **kwargs))
+  monkeypatch.setattr(crf, "_SPACE_RTOL", 0.0)
+  crf._grid_consts.cache_clear()
+  try:
+    assert crf._grid_consts(48, 48, 10., 30., 0.5).space_in is None
+    nodes = np.asarray(crf.bilateral_filter(*args, **kwargs))
+  finally:
+    crf._grid_consts.cache_clear()
+  assert np.abs(modes - nodes).max() < 1e-3 * np.abs(nodes).max()
+  assert cosine(modes, nodes) > 0.999999
