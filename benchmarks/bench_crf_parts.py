@@ -5,7 +5,8 @@ r"""Where the dense CRF's grid filtering spends its time: each part jitted and t
 
 The parts of `fcam_jax.losses.crf._grid_filter` on the whole batch (batch_chunk 0), the
 same synthetic photo-like images as bench_crf.py: splat (nearest node, one scatter row
-per pixel), colour blur (3 matmuls), expand (spatial blur + interpolation to the tiles,
+per pixel), modes (the spatial nodes' grids onto the spatial operator's leading modes,
+one matmul, where they are few), colour blur (3 matmuls), expand (spatial blur + interpolation to the tiles,
 one matmul), slice (trilinear, 8 gathers per pixel); best of `repeats` calls, ms.
 """
 
@@ -49,15 +50,17 @@ def main(argv):
   s, images = jnp.asarray(probs, jnp.float32), jnp.asarray(images, jnp.float32)
   print(f"batch {b} x {size}x{size} x 2, sigma_xy 100, sigma_rgb 15, whole batch; "
         f"load average {os.getloadavg()[0]:.1f} at start")
-  print("| grid_cell | splat ms | colour blur ms | expand to tiles ms | slice ms | sum ms |")
-  print("|---|---|---|---|---|---|")
+  print("| grid_cell | splat ms | to modes ms | colour blur ms | expand to tiles ms | slice ms "
+        "| sum ms |")
+  print("|---|---|---|---|---|---|---|")
   for cell in map(float, _CELLS.value):
     c = crf._grid_consts(size, size, 100.0, 15.0, cell)
     grid, t_splat = best_ms(lambda s, i: crf._splat(s, i, c), s, images)
+    grid, t_modes = best_ms(lambda g: crf._to_modes(g, c), grid)
     grid, t_blur = best_ms(lambda g: crf._blur_colour(g, c), grid)
     grid, t_expand = best_ms(lambda g: crf._expand(g, c), grid)
     _, t_slice = best_ms(lambda g, i: crf._slice(g, i, c), grid, images)
-    parts = (t_splat, t_blur, t_expand, t_slice)
+    parts = (t_splat, t_modes, t_blur, t_expand, t_slice)
     print(f"| {cell:g} | " + " | ".join(f"{t:.0f}" for t in parts) + f" | {sum(parts):.0f} |",
           flush=True)
   print(f"load average {os.getloadavg()[0]:.1f} at end")
