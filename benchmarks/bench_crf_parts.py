@@ -6,8 +6,9 @@ r"""Where the dense CRF's grid filtering spends its time: each part jitted and t
 The parts of `fcam_jax.losses.crf._grid_filter` on the whole batch (batch_chunk 0), the
 same synthetic photo-like images as bench_crf.py: splat (nearest node, one scatter row
 per pixel), modes (the spatial nodes' grids onto the spatial operator's leading modes,
-one matmul, where they are few), colour blur (3 matmuls), expand (spatial blur + interpolation to the tiles,
-one matmul), slice (trilinear, 8 gathers per pixel); best of `repeats` calls, ms.
+one matmul, where they are few), colour blur (3 matmuls), expand (spatial blur +
+interpolation to the tiles, one matmul), slice (trilinear, 8 gathers per pixel); best
+of `repeats` calls, ms.
 """
 
 import os

@@ -24,7 +24,7 @@ import numpy as np
 AXIS = "batch"
 KINDS = ("pmap", "jit")
 # XLA:CPU routes convolutions through YNNPACK fusions by default; on the AVX2 CPUs
-# measured (benchmarks/README.md) XLA's own convolutions make the stage-2 step 1.7x
+# measured (benchmarks/README.md) XLA's own convolutions make the stage-2 step 1.6x
 # faster, above all the decoder's weight gradients.
 NO_YNNPACK = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
@@ -44,8 +44,9 @@ def with_options(fn: Callable, options: Optional[Dict[str, str]]) -> Callable:
   @functools.wraps(fn)
   def call(*args):
     leaves, tree = jax.tree.flatten(args)
-    key = (tree, tuple((np.shape(x), getattr(x, "dtype", type(x)), getattr(x, "weak_type", False),
-                        getattr(x, "sharding", None)) for x in leaves))
+    key = (tree, tuple((np.shape(x), getattr(x, "dtype", type(x)),
+                        getattr(x, "weak_type", False), getattr(x, "sharding", None))
+                       for x in leaves))
     if key not in cache:
       cache[key] = fn.lower(*args).compile(compiler_options=options)
     return cache[key](*args)

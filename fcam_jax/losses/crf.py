@@ -31,7 +31,7 @@ W S is computed without a permutohedral lattice, by one of two methods:
 
 `method='auto'` takes the one with less estimated work for the shapes at hand. The grid
 filters `batch_chunk` images at a time (a `lax.map` over chunks, the batch zero-padded to a
-multiple): on a CPU a few images' grids stay in cache, 1.2-2.4x faster at batch 32 than the
+multiple): on a CPU a few images' grids stay in cache, 1.2-1.7x faster at batch 32 than the
 whole batch's grid at once (benchmarks/bench_crf.py, `--chunks`); 0 filters the whole batch.
 """
 
