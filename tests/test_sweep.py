@@ -47,6 +47,11 @@ def test_shipped_sweeps_load_and_apply(data_dir):
   # Backbone/method variants change stage 1: no shared classifier.
   config.stages = "both"
   assert not sweep.stage2_only(table1)
+  half = sweep.load_sweep(os.path.join(REPO, "configs/sweeps/half_precision.py"))
+  assert {(v["half_precision"], v["seed"]) for v in half} == {(False, 0), (False, 1), (True, 0)}
+  assert not sweep.stage2_only(half)
+  assert [j["config"].half_precision for j in sweep.plan(config, half, "/w")] == [
+      False, False, True]
 
 
 def test_bad_variants_name_the_key(data_dir, tmp_path):
