@@ -15,7 +15,8 @@ the frozen classifier under `torch.inference_mode`, `torch.set_num_threads(cores
   permutohedral lattice (not available here); this is the same bilateral grid as
   fcam_jax.losses.crf (nearest splat, separable node-to-node Gaussian blur on the
   spatial operator's leading modes, tile + trilinear slice, `chunk` images at a time:
-  8, its fastest of 0 / 4 / 8 here), written independently in torch, with the loss's gradient
+  8, its fastest of 0 / 4 / 8 here): the grid's constant matrices are fcam_jax's, the
+  splat, blurs and slice are written in torch, with the loss's gradient
   `-(2/B) W S` from one filtering pass (a custom autograd Function). `ExactCRF` is the
   other way a PyTorch user would go: the exact kernel as a dense N x N matrix, on images
   downscaled by `scale` as in Tang's DenseCRFLoss (cost ~ (scale^2 H W)^2).
@@ -216,27 +217,6 @@ def size_loss(probs, t: float):
 # ------------------------------------------------------------------------ the CRF (§6)
 
 
-def _nodes(span: float, cell: float):
-  n = max(math.ceil(span / cell - 1e-9), 1) + 1
-  return n, (span / (n - 1) if span > 0 else cell)
-
-
-def _gauss(n: int, pitch: float, var: float):
-  var = max(var, 0.25)
-  d = (np.arange(n)[:, None] - np.arange(n)[None, :]) * pitch
-  return np.exp(-0.5 * d * d / var) / np.sqrt(var)
-
-
-def _tent(pos, n: int):
-  i0 = np.clip(np.floor(pos).astype(np.int64), 0, max(n - 2, 0))
-  t = np.clip(pos - i0, 0.0, 1.0)
-  m = np.zeros((len(pos), n))
-  m[np.arange(len(pos)), i0] += 1 - t
-  if n > 1:
-    m[np.arange(len(pos)), i0 + 1] += t
-  return m
-
-
 class _CRFLoss(torch.autograd.Function):
   """-(1/B) sum S^T W S; W symmetric, so the gradient is -(2/B) W S (one filtering)."""
 
@@ -256,34 +236,17 @@ class GridCRF:
   """The bilateral-grid CRF loss for (B,H,W,K) probs and raw (B,H,W,3) images in 0..255."""
 
   def __init__(self, h: int, w: int, sigma_xy: float = 100.0, sigma_rgb: float = 15.0,
-               cell: float = 0.5, tile: float = 1 / 3, chunk: int = 8,
-               space_rtol: float = 1e-3):
-    self.nc, pc = _nodes(255.0 / sigma_rgb, cell)
-    self.colour_pitch = pc * sigma_rgb
-    self.colour_blur = torch.from_numpy(_gauss(self.nc, pc, 1.0 - pc * pc / 4)).float()
-    space = []
-    for size in (h, w):
-      n, p = _nodes((size - 1) / sigma_xy, cell)
-      side = max(1, int(round(min(tile, p) * sigma_xy)))
-      tiles = -(-size // side)
-      start = np.arange(tiles) * side
-      centre = (start + np.minimum(start + side, size) - 1) / 2.0
-      var = 1.0 - p * p / 4 - (side * side - 1) / 12.0 / sigma_xy ** 2
-      blur = _tent(centre / sigma_xy / p, n) @ _gauss(n, p, var)
-      near = np.clip(np.round(np.arange(size) / sigma_xy / p), 0, n - 1).astype(np.int64)
-      space.append((blur, near, np.arange(size) // side, tiles))
-    (by, ny, ty, _), (bx, nx, tx, ntx) = space
-    space = np.kron(by, bx)  # (tiles, nodes)
-    self.nodes, self.space_in, self.chunk = space.shape[1], None, chunk
-    # As fcam_jax: the colour blur on the spatial operator's leading modes when few.
-    u, sv, vt = np.linalg.svd(space, full_matrices=False)
-    rank = int(np.sum(sv > space_rtol * sv[0]))
-    if rank <= 0.75 * self.nodes:
-      self.space_in = torch.from_numpy(vt[:rank]).float()
-      space = u[:, :rank] * sv[:rank]
-    self.space = torch.from_numpy(space).float()  # (tiles, nodes or modes)
-    self.splat_space = torch.from_numpy(ny[:, None] * bx.shape[1] + nx[None, :])
-    self.tile_index = torch.from_numpy(ty[:, None] * ntx + tx[None, :])
+               cell: float = 0.5, chunk: int = 8):
+    # The grid's constant matrices (node layout, blurs, spatial modes) are fcam_jax's own
+    # numpy ones; the filtering below is torch's.
+    from fcam_jax.losses import crf  # pylint: disable=g-import-not-at-top
+    c = crf._grid_consts(h, w, float(sigma_xy), float(sigma_rgb), float(cell))
+    self.nc, self.colour_pitch, self.nodes, self.chunk = c.nc, c.colour_pitch, c.nodes, chunk
+    self.colour_blur = torch.from_numpy(c.colour_blur)
+    self.space_in = None if c.space_in is None else torch.from_numpy(c.space_in)
+    self.space = torch.from_numpy(c.space)  # (tiles, nodes or modes)
+    self.splat_space = torch.from_numpy(c.splat_space.astype(np.int64))
+    self.tile_index = torch.from_numpy(c.tile_index.astype(np.int64))
 
   def filter(self, s, images):
     """W s: s (B,H,W,K), images (B,H,W,3) -> (B,H,W,K), `chunk` images at a time."""
