@@ -13,7 +13,6 @@ of `repeats` calls, ms.
 
 import os
 import sys
-import time
 
 from absl import app
 from absl import flags
@@ -23,6 +22,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import bench_util  # noqa: E402
 from fcam_jax.losses import crf  # noqa: E402
 from tests.losses.test_crf import synthetic_image, synthetic_probs  # noqa: E402
 
@@ -35,11 +35,8 @@ _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed calls (after one warm-up)."
 def best_ms(fn, *args):
   compiled = jax.jit(fn).lower(*args).compile()
   out = jax.block_until_ready(compiled(*args))
-  times = []
-  for _ in range(_REPEATS.value):
-    start = time.perf_counter()
-    jax.block_until_ready(compiled(*args))
-    times.append(time.perf_counter() - start)
+  times = bench_util.interleave({"part": lambda: jax.block_until_ready(compiled(*args))},
+                                _REPEATS.value)["part"]
   return out, 1e3 * min(times)
 
 
