@@ -7,9 +7,9 @@ r"""Inference: F-CAM maps per second (encoder + decoder) against each CAM method
 ResNet50-WSOL (200 classes) and its U-Net decoder, random weights, uint8 images in,
 maps at the input size out, jitted:
 
-* `F-CAM`: `train_fcam.fcam_maps(with_cam=False)`: normalize, classifier, decoder,
+* `F-CAM`: `stage2.fcam_maps(with_cam=False)`: normalize, classifier, decoder,
   softmax (what validation and `fcam_jax.predict` run);
-* each CAM method: `steps.classifier_maps`: normalize, classifier, the CAM of each
+* each CAM method: `stage1.classifier_maps`: normalize, classifier, the CAM of each
   image's label, min-max normalized, upsampled to the input size;
 * `forward only`: normalize + classifier (logits), for scale.
 
@@ -39,7 +39,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from fcam_jax import config_lib, models, steps, train_fcam  # noqa: E402
+from fcam_jax import config_lib, models, stage1, stage2  # noqa: E402
 from fcam_jax.models import decoder as decoder_lib  # noqa: E402
 from fcam_jax.models import resnet  # noqa: E402
 import bench_util  # noqa: E402
@@ -78,16 +78,16 @@ def jax_rows(batch, half: bool, options=None):
   suffix = (" bf16" if half else "") + (f" [{bench_util.options_label(options)}]"
                                         if options else "")
   fns = {f"F-CAM{suffix}": (functools.partial(
-      train_fcam.fcam_maps, classifier=classifier, decoder=decoder, config=config,
+      stage2.fcam_maps, classifier=classifier, decoder=decoder, config=config,
       with_cam=False), variables)}
   if _FORWARD.value:
     fns[f"forward only{suffix}"] = (lambda v, b, k: classifier.apply(
-        v, models.normalize(b["image"], dtype))[0], clf_vars)
+        v, models.imagenet_standardize(b["image"], dtype))[0], clf_vars)
   for method in (_METHODS.value if not (half or options) else ["gradcam"]):
     cam_config = config.cam.copy_and_resolve_references()
     cam_config.method = method
     fns[f"{method}{suffix}"] = (functools.partial(
-        steps.classifier_maps, model=classifier, cam_config=cam_config, dtype=dtype), clf_vars)
+        stage1.classifier_maps, model=classifier, cam_config=cam_config), clf_vars)
   out = {}
   for name, (fn, v) in fns.items():
     start = time.perf_counter()

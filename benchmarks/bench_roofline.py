@@ -6,9 +6,9 @@ r"""How near the machine's limit: XLA's FLOPs / time, as a fraction of a measure
 
 Workloads (ResNet50-WSOL 224x224, random weights):
 
-* `inference`: the F-CAM maps (`train_fcam.fcam_maps(with_cam=False)`: encoder +
+* `inference`: the F-CAM maps (`stage2.fcam_maps(with_cam=False)`: encoder +
   decoder), jitted, batch --inference_batch;
-* `stage2`: one stage-2 train step (`train_fcam.fcam_train_step` under the `jit`
+* `stage2`: one stage-2 train step (`stage2.fcam_train_step` under the `jit`
   parallel backend, which XLA's cost analysis can read), batch --step_batch;
 * the parts of the stage-2 step, batch --step_batch: `encoder` (forward, all taps),
   `seeds` (CAM + seeds from the taps), `decoder` (forward + backward of the sum of its
@@ -43,7 +43,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from fcam_jax import config_lib, losses, models, optim, parallel, steps, train_fcam  # noqa: E402
+from fcam_jax import cams, config_lib, losses, models, optim, parallel, stage2, steps  # noqa: E402
 from fcam_jax.models import decoder as decoder_lib  # noqa: E402
 from fcam_jax.models import resnet  # noqa: E402
 import bench_util  # noqa: E402
@@ -102,7 +102,7 @@ def _batch(b):
 
 def inference(dtype, options) -> Workload:
   config, classifier, decoder, clf_vars, dec_vars = _models(dtype)
-  fn = functools.partial(train_fcam.fcam_maps, classifier=classifier, decoder=decoder,
+  fn = functools.partial(stage2.fcam_maps, classifier=classifier, decoder=decoder,
                          config=config, with_cam=False)
   b = _INFERENCE_BATCH.value
   batch = {k: jnp.asarray(v) for k, v in _batch(b).items()}
@@ -120,7 +120,7 @@ def stage2(dtype, options) -> Workload:
       batch_stats=dec_vars["batch_stats"], opt_state=tx.init(dec_vars["params"]),
       rng=jax.random.key_data(jax.random.key(2)), aux={"elb_t": jnp.array(1.0)})
   par = parallel.DataParallel("jit")
-  fn = par.step(functools.partial(train_fcam.fcam_train_step, classifier=classifier,
+  fn = par.step(functools.partial(stage2.fcam_train_step, classifier=classifier,
                                   decoder=decoder, tx=tx, config=config, dtype=dtype),
                 specs=(False, True, False))
   b = _STEP_BATCH.value
@@ -154,7 +154,7 @@ def decoder_only(dtype, options) -> Workload:
 def encoder_only(dtype, options) -> Workload:
   _, classifier, _, clf_vars, _ = _models(dtype)
   b = _STEP_BATCH.value
-  x = models.normalize(jnp.asarray(_batch(b)["image"]), dtype)
+  x = models.imagenet_standardize(jnp.asarray(_batch(b)["image"]), dtype)
   fn = lambda v, x: classifier.apply(v, x)[1]  # noqa: E731  (all taps: the decoder needs them)
   compiled = jax.jit(fn).lower(clf_vars, x).compile(compiler_options=options)
   return Workload(f"encoder forward (all taps), batch {b}", compiled,
@@ -164,12 +164,12 @@ def encoder_only(dtype, options) -> Workload:
 def seeds_only(dtype, options) -> Workload:
   config, classifier, _, clf_vars, _ = _models(dtype)
   b, sd = _STEP_BATCH.value, config.fcam.seeds
-  x = models.normalize(jnp.asarray(_batch(b)["image"]), dtype)
+  x = models.imagenet_standardize(jnp.asarray(_batch(b)["image"]), dtype)
   taps = jax.jit(lambda v, x: classifier.apply(v, x)[1])(clf_vars, x)
   labels = jnp.asarray(_batch(b)["label"])
 
   def fn(v, taps, x, labels):
-    cam = steps.cam_maps(classifier, v, taps, x, labels, None, config.cam)
+    cam = cams.upsampled_maps(classifier, v, taps, x, labels, None, config.cam)
     return losses.sample_seeds(cam, jax.random.key(0), n_minus=sd.n_minus, sl_max=sd.sl_max,
                                sl_min=sd.sl_min, erosion=sd.erosion, dilation=sd.dilation)
   args = (clf_vars, taps, x, labels)

@@ -4,7 +4,7 @@ r"""Time of one stage-2 train step (frozen encoder + CAM seeds + decoder + losse
       [--method=cam] [--cells=0.5,1.0] [--repeats=5]
 
 Random weights and images (the step's cost does not depend on them); the step is
-the one training uses (`train_fcam.fcam_train_step`, pmapped over all local
+the one training uses (`stage2.fcam_train_step`, pmapped over all local
 devices). Prints ms per step for each CRF grid cell and with the CRF off.
 """
 
@@ -21,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from fcam_jax import config_lib, models, optim, parallel, steps, train_fcam  # noqa: E402
+from fcam_jax import config_lib, models, optim, parallel, stage2, steps  # noqa: E402
 from fcam_jax.models import decoder as decoder_lib  # noqa: E402
 
 _BACKBONE = flags.DEFINE_string("backbone", "small", "Backbone.")
@@ -65,7 +65,7 @@ def main(_):
         step=jnp.array(0, jnp.int32), params=dec_vars["params"],
         batch_stats=dec_vars["batch_stats"], opt_state=tx.init(dec_vars["params"]),
         rng=jax.random.key_data(jax.random.key(2)), aux={"elb_t": jnp.array(1.0)})
-    step = jax.pmap(functools.partial(train_fcam.fcam_train_step, classifier=classifier,
+    step = jax.pmap(functools.partial(stage2.fcam_train_step, classifier=classifier,
                                       decoder=decoder, tx=tx, config=cfg),
                     axis_name=parallel.AXIS)
     state_r = parallel.replicate(state)

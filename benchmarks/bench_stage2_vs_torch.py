@@ -6,7 +6,7 @@ r"""Stage-2 train step, fcam_jax against a PyTorch eager reference (needs torch,
       [--half_precision]
 
 ResNet50-WSOL + U-Net decoder, CAM* seeds, seeds CE + dense CRF + ELB size losses, SGD
-(Nesterov, weight decay) on the decoder: `train_fcam.fcam_train_step` pmapped over the
+(Nesterov, weight decay) on the decoder: `stage2.fcam_train_step` pmapped over the
 local devices as training runs it, against `torch_reference.Stage2` (channels-last,
 frozen classifier under torch.inference_mode, torch.set_num_threads(cores)). Both get
 the same weights (torch's random init, BatchNorm statistics from one batch, copied
@@ -45,9 +45,9 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from fcam_jax import config_lib, losses, models, optim, parallel, steps, train_fcam  # noqa: E402
+from fcam_jax import cams, config_lib, losses, models, optim, parallel, stage2, steps  # noqa: E402
 from fcam_jax.models import decoder as decoder_lib  # noqa: E402
-from fcam_jax.models import normalize, resnet  # noqa: E402
+from fcam_jax.models import imagenet_standardize as normalize, resnet  # noqa: E402
 import bench_util  # noqa: E402
 
 _BATCH = flags.DEFINE_integer("batch", 8, "Images per step.")
@@ -176,7 +176,7 @@ class Setup:
         batch_stats=self.dec_vars["batch_stats"], opt_state=tx.init(self.dec_vars["params"]),
         rng=jax.random.key_data(jax.random.key(2)), aux={"elb_t": jnp.array(1.0)})
     par = parallel.DataParallel("pmap")
-    fn = par.step(functools.partial(train_fcam.fcam_train_step, classifier=classifier,
+    fn = par.step(functools.partial(stage2.fcam_train_step, classifier=classifier,
                                     decoder=decoder, tx=tx, config=config, dtype=dtype),
                   specs=(False, True, False))
     clf_r = par.replicate(self.clf_vars)
@@ -228,7 +228,7 @@ def check(setup: Setup):
   classifier, decoder = setup.classifier, decoder_lib.decoder_for(resnet.ResNet50)
   x = normalize(jnp.asarray(raw))
   logits, taps = classifier.apply(setup.clf_vars, x)
-  cam = steps.cam_maps(classifier, setup.clf_vars, taps, x, jnp.asarray(labels), None,
+  cam = cams.upsampled_maps(classifier, setup.clf_vars, taps, x, jnp.asarray(labels), None,
                        config.cam)
   sd = config.fcam.seeds
   fg, bg = losses.seed_regions(cam, n_minus=sd.n_minus, erosion=sd.erosion)
@@ -331,7 +331,7 @@ def components(setup: Setup, options=None):
     return lambda: jax.block_until_ready(compiled(*args))
 
   def seeds_fn(v, taps, x, labels):
-    cam = steps.cam_maps(classifier, v, taps, x, labels, None, config.cam)
+    cam = cams.upsampled_maps(classifier, v, taps, x, labels, None, config.cam)
     return losses.sample_seeds(cam, jax.random.key(0), n_minus=sd.n_minus, sl_max=sd.sl_max,
                                sl_min=sd.sl_min, erosion=sd.erosion, dilation=sd.dilation)
 

@@ -1,17 +1,17 @@
-"""F-CAM stage 2 in PyTorch eager (SPEC §2-§6): the reference of bench_stage2_vs_torch.py.
+"""F-CAM stage 2 in PyTorch eager (docs/design.md §2-§6): the reference of bench_stage2_vs_torch.py.
 
 Needs torch and torchvision (the optional `torch` extra). What a PyTorch user would
 write with torchvision, at eager PyTorch's best on a CPU: channels-last activations,
 the frozen classifier under `torch.inference_mode`, `torch.set_num_threads(cores)`
 (set by the caller), the whole batch at once (no per-image Python loops).
 
-* `classifier`: torchvision `resnet50` made the WSOL variant (SPEC §2: layer3 and
+* `classifier`: torchvision `resnet50` made the WSOL variant (docs/design.md §2: layer3 and
   layer4 at stride 1, on conv2 and on the projection shortcut; no avgpool/fc) with the
-  WGAP head (SPEC §3); returns (logits, [stem, layer1, layer2, layer3, layer4]).
-* `Decoder`: the U-Net decoder of SPEC §5 (module names follow fcam_jax's, so weights
+  WGAP head (docs/design.md §3); returns (logits, [stem, layer1, layer2, layer3, layer4]).
+* `Decoder`: the U-Net decoder of docs/design.md §5 (module names follow fcam_jax's, so weights
   map one to one).
-* `cam_star`, `seed_regions`, `sample_seeds`, `partial_cross_entropy`: SPEC §4, §6.
-* `GridCRF`: the dense CRF loss of SPEC §6. The original filters with a C++
+* `cam_star`, `seed_regions`, `sample_seeds`, `partial_cross_entropy`: docs/design.md §4, §6.
+* `GridCRF`: the dense CRF loss of docs/design.md §6. The original filters with a C++
   permutohedral lattice (not available here); this is the same bilateral grid as
   fcam_jax.losses.crf (nearest splat, separable node-to-node Gaussian blur on the
   spatial operator's leading modes, tile + trilinear slice, `chunk` images at a time:
@@ -39,7 +39,7 @@ STD = (0.229, 0.224, 0.225)
 FOREGROUND, BACKGROUND, IGNORE = 1, 0, -1
 
 
-# ---------------------------------------------------------------- models (SPEC §2, §3, §5)
+# ---------------------------------------------------------------- models (docs/design.md §2, §3, §5)
 
 
 class Classifier(nn.Module):
@@ -92,7 +92,7 @@ class DecoderBlock(nn.Module):
 
 
 class Decoder(nn.Module):
-  """SPEC §5 U-Net decoder: taps (shallow -> deep) -> (B, 2, H, W) logits."""
+  """docs/design.md §5 U-Net decoder: taps (shallow -> deep) -> (B, 2, H, W) logits."""
 
   def __init__(self, tap_channels=(64, 256, 512, 1024, 2048), channels=(256, 128, 64, 32, 16)):
     super().__init__()
@@ -318,7 +318,7 @@ class ExactCRF:
 
 
 class Stage2:
-  """One stage-2 SGD step of the decoder (SPEC §6, §7), in PyTorch eager."""
+  """One stage-2 SGD step of the decoder (docs/design.md §6, §7), in PyTorch eager."""
 
   def __init__(self, classifier: Classifier, decoder: Decoder, crf, *, encoder_passes: int = 2,
                lr=0.01, momentum=0.9, weight_decay=1e-4, crf_weight=2e-9, size_weight=0.1,

@@ -21,7 +21,5 @@ def get_config(arg=None):
   config.stage1.epochs = 10
   config.stage1.lr_decay_epochs = 3
   config.stage2.epochs = 10
-  config.eval.val_interval = 0.004
-  config.eval.test_interval = 0.001
   config.eval.selection_metric = "MaxBoxAccV2"
   return config_lib.apply_arg(config, arg)

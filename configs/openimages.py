@@ -1,4 +1,4 @@
-r"""OpenImages30k (wsolevaluation split, pixel masks; SPEC §7-8): PxAP selection.
+r"""OpenImages30k (wsolevaluation split, pixel masks; docs/design.md §7-8): PxAP selection.
 
   python -m fcam_jax.main --config=configs/openimages.py:resnet50,cam --workdir=$WORK/oi_resnet50_cam \
       --config.dataset.data_root=$OI/images --config.dataset.metadata_root=$OI/metadata/OpenImages \
@@ -25,6 +25,5 @@ def get_config(arg=None):
   config.stage1.lr_decay_epochs = 3
   config.stage2.epochs = 10
   config.eval.val_interval = 0.001
-  config.eval.test_interval = 0.001
   config.eval.selection_metric = "PxAP"
   return config_lib.apply_arg(config, arg)

@@ -1,34 +1,32 @@
 """The config schema shared by every `configs/*.py`, its argument parsing and checks.
 
-`configs/<dataset>.py:get_config(arg)` starts from `base_config()`, sets the dataset's
-recipe (SPEC §7), then applies `arg`: comma-separated tokens, each a backbone name, a
-CAM method or a stage selector, e.g. `configs/cub.py:vgg16,gradcampp,stage2`.
+`configs/<dataset>.py:get_config(arg)` starts from `base_config()`, sets what its
+recipe changes (docs/design.md §7), then applies `arg`: comma-separated tokens, each a
+backbone name, a CAM method or a stage selector, e.g. `configs/cub.py:vgg16,gradcampp,stage2`.
+Every key is described in docs/configs.md.
 """
 
 import itertools
 import os
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, List, Mapping, Optional
 
 import ml_collections
 
-BACKBONES = ("small", "resnet50", "vgg16", "inceptionv3")
-CAM_METHODS = ("cam", "gradcam", "gradcampp", "smoothgradcampp", "xgradcam", "layercam",
-               "hirescam", "scorecam", "ablationcam", "eigencam")
-DATASETS = ("synthetic", "CUB", "OpenImages", "ILSVRC")
+from fcam_jax import cams
+from fcam_jax import errors
+from fcam_jax import metrics
+from fcam_jax import models
+from fcam_jax import parallel
+from fcam_jax.data import metadata
+from fcam_jax.data.records import ON_ERROR
+
+BACKBONES = models.BACKBONES
+CAM_METHODS = cams.METHODS
+DATASETS = ("synthetic",) + metadata.DATASETS
 STAGES = ("stage1", "stage2", "both")
-SELECTION_METRICS = ("MaxBoxAcc", "MaxBoxAccV2", "PxAP", "top1_loc", "classification")
-
-# Decoder widths per backbone (SPEC §5); `small` is ours.
-DECODER_CHANNELS = {
-    "resnet50": (256, 128, 64, 32, 16),
-    "inceptionv3": (256, 128, 64, 32, 16),
-    "vgg16": (256, 128, 64),
-    "small": (64, 32, 16),
-}
 
 
-class ConfigError(ValueError):
-  """A bad config value; the message names the key."""
+ConfigError = errors.ConfigError
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -47,7 +45,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.dataset = ml_collections.ConfigDict()
   c.dataset.name = "CUB"
   c.dataset.data_dir = ""      # TFDS data dir (synthetic)
-  c.dataset.data_root = ""     # image folder (metadata layout, SPEC §8)
+  c.dataset.data_root = ""     # image folder (metadata layout, docs/design.md §8)
   c.dataset.metadata_root = ""
   c.dataset.mask_root = ""     # OpenImages masks
   c.dataset.synthetic = ml_collections.ConfigDict(dict(  # generation parameters
@@ -72,11 +70,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.cam = ml_collections.ConfigDict()
   c.cam.method = "cam"
   c.cam.tap = ""               # '' = the backbone's CAM_TAP
-  c.cam.gradcampp_skip_alpha_division = False  # True: the original code's quirk
-  c.cam.smooth_samples = 4
-  c.cam.smooth_std = 0.3
-  c.cam.scorecam_chunk = 32
-  c.cam.ablationcam_chunk = 32
+  # The methods' options (gradcampp_skip_alpha_division: True is the original code's
+  # quirk; smooth_samples, smooth_std; scorecam_chunk, ablationcam_chunk).
+  c.cam.update(cams.DEFAULT_OPTIONS)
 
   c.stage1 = ml_collections.ConfigDict()
   c.stage1.epochs = 50
@@ -101,7 +97,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.stage2.classifier_checkpoint = ""  # '' = <workdir>/stage1 best
 
   c.fcam = ml_collections.ConfigDict()
-  c.fcam.decoder_channels = ()  # () = SPEC §5 default for the backbone
+  c.fcam.decoder_channels = ()  # () = the backbone's DECODER_CHANNELS
   c.fcam.seeds = ml_collections.ConfigDict()
   c.fcam.seeds.n_minus = 0.1
   c.fcam.seeds.sl_max = 1
@@ -167,19 +163,69 @@ def product(*axes: Iterable[Dict[str, Any]]) -> List[Dict[str, Any]]:
           for combo in itertools.product(*axes)]
 
 
+def get(node, key: str):
+  """The value at dotted `key` of a ConfigDict or nested dict; KeyError naming the key."""
+  for i, part in enumerate(key.split(".")):
+    if not hasattr(node, "keys") or part not in node:
+      raise KeyError(".".join(key.split(".")[:i + 1]))
+    node = node[part]
+  return node
+
+
+def unknown_key_message(config, key: str, origin: str) -> str:
+  """'unknown config key ...; <section> has: ...' for a dotted `key` not in `config`."""
+  parts = key.split(".")
+  node = config
+  for i, part in enumerate(parts):
+    if not hasattr(node, "keys") or part not in node:
+      section = ".".join(["config"] + parts[:i])
+      keys = ", ".join(sorted(node.keys())) if hasattr(node, "keys") else "(not a section)"
+      return (f"unknown config key 'config.{'.'.join(parts[:i + 1])}' in {origin}; "
+              f"{section} has: {keys}")
+    node = node[part]
+  return ""
+
+
+def override(config: ml_collections.ConfigDict, overrides: Mapping[str, Any],
+             source: str = "override") -> ml_collections.ConfigDict:
+  """A validated copy of `config` with dotted-key `overrides`; errors name the key and source."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  for key, value in overrides.items():
+    *parents, leaf = key.split(".")
+    try:
+      node = get(config, ".".join(parents)) if parents else config
+      if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
+        raise KeyError(key)
+    except KeyError:
+      raise ConfigError(f"{source}: unknown config key 'config.{key}'") from None
+    try:
+      node[leaf] = value
+    except (TypeError, ValueError) as e:
+      raise ConfigError(f"{source}: config.{key}={value!r}: {e}") from e
+  try:
+    return validate(config)
+  except ConfigError as e:
+    raise ConfigError(f"{source}: {e}") from e
+
+
+def flatten(d: Mapping, prefix: str = ""):
+  """(dotted key, value) of every leaf of a nested dict."""
+  for k, v in d.items():
+    if isinstance(v, Mapping):
+      yield from flatten(v, f"{prefix}{k}.")
+    else:
+      yield f"{prefix}{k}", v
+
+
 def _choice(config, key: str, choices: Iterable[Any]):
-  value = config
-  for part in key.split("."):
-    value = value[part]
+  value = get(config, key)
   if value not in tuple(choices):
     raise ConfigError(f"config.{key}={value!r}: must be one of {', '.join(map(str, choices))}")
 
 
 def _positive(config, *keys: str, allow_zero: bool = False):
   for key in keys:
-    value = config
-    for part in key.split("."):
-      value = value[part]
+    value = get(config, key)
     if value is None or (value < 0 if allow_zero else value <= 0):
       bound = ">= 0" if allow_zero else "> 0"
       raise ConfigError(f"config.{key}={value!r}: must be {bound}")
@@ -191,9 +237,9 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _choice(config, "cam.method", CAM_METHODS)
   _choice(config, "dataset.name", DATASETS)
   _choice(config, "stages", STAGES)
-  _choice(config, "parallel", ("pmap", "jit"))
-  _choice(config, "data.on_error", ("fail", "skip"))
-  _choice(config, "eval.selection_metric", SELECTION_METRICS)
+  _choice(config, "parallel", parallel.BACKENDS)
+  _choice(config, "data.on_error", ON_ERROR)
+  _choice(config, "eval.selection_metric", metrics.SELECTION)
   _positive(config, "model.num_classes", "data.resize_size", "data.crop_size",
             "data.eval_size", "stage1.batch_size", "stage2.batch_size", "eval.batch_size",
             "stage1.lr", "stage2.lr", "eval.val_interval", "eval.test_interval",
@@ -233,4 +279,6 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 def decoder_channels(config) -> tuple:
-  return tuple(config.fcam.decoder_channels) or DECODER_CHANNELS[config.model.backbone]
+  """`config.fcam.decoder_channels`, or the backbone's DECODER_CHANNELS if empty."""
+  return (tuple(config.fcam.decoder_channels)
+          or models.backbone_class(config.model.backbone).DECODER_CHANNELS)

@@ -27,9 +27,8 @@ from matplotlib.figure import Figure
 import numpy as np
 from PIL import Image
 
+from fcam_jax import cams
 from fcam_jax import metrics as metrics_lib
-from fcam_jax import report
-from fcam_jax.metrics import boxes as boxes_lib
 
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
 MASK_TAU = 0.5       # threshold of the TP/FP/FN panels
@@ -39,14 +38,14 @@ ERROR_ALPHA = 0.7    # of the TP/FP/FN colours
 WRITER_BUCKETS = 30  # histogram buckets sent to the metric writer
 GAP = 4              # white pixels between panels
 MIN_TILE = 128       # panels are upsampled (nearest, integer factor) to at least this side
-SUMMARY_KEYS = ("MaxBoxAcc", "MaxBoxAccV2", "PxAP", "top1_loc", "top5_loc", "top1_cls")
+SUMMARY_KEYS = metrics_lib.REPORTED
 COLORS = {"cam": "tab:orange", "fcam": "tab:green"}  # as the paper's Figs. 7-8
 IOU_STYLES = {30: ":", 50: "-", 70: "--"}
 
 
 def map_labels(method: str) -> Dict[str, str]:
   """Display names of the evaluated maps: the stage-1 method's, and F-CAM."""
-  return {"cam": report.METHOD_NAMES.get(method, method), "fcam": "F-CAM"}
+  return {"cam": cams.DISPLAY_NAMES.get(method, method), "fcam": "F-CAM"}
 
 
 def histogram(maps, bins: int = HIST_BINS) -> np.ndarray:
@@ -86,23 +85,11 @@ class TestRecorder:
 
 
 def predicted_box(scoremap, tau: float) -> Tuple[np.ndarray, np.ndarray]:
-  """The evaluator's box at threshold tau, and its binarization (SPEC §9).
-
-  Foreground `q > int(tau * max(q))` for `q = uint8(map * 255)`; the box is the
-  bounding rect of the largest contour (the first of maximal area), `x0, y0,
-  min(x0 + w, S - 1), min(y0 + h, S - 1)`, or (0, 0, 0, 0) without a contour.
-  """
-  import cv2  # pylint: disable=g-import-not-at-top
+  """The evaluator's box at threshold tau ((0, 0, 0, 0) without a contour) and its
+  binarization (docs/design.md §9; `metrics.largest_contour_box`)."""
   q = metrics_lib.quantize(scoremap)
-  level = np.floor(np.float64(tau) * int(q.max()))
-  binary = q > level
-  contours = cv2.findContours(binary.astype(np.uint8), cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[-2]
-  if not len(contours):
-    return np.zeros(4, np.int64), binary
-  # The evaluator's own contour -> (box, 2 x area) (metrics/boxes.py).
-  boxes_and_areas = boxes_lib._boxes_and_areas  # pylint: disable=protected-access
-  boxes, area2 = boxes_and_areas(contours, q.shape[1], q.shape[0])
-  return boxes[int(np.argmax(area2))], binary
+  box = metrics_lib.largest_contour_box(q, tau)
+  return (np.zeros(4, np.int64) if box is None else box), metrics_lib.binarize(q, tau)
 
 
 def tile_scale(size: int) -> int:
@@ -343,7 +330,7 @@ def write_stage_figures(out_dir: str, recorder: TestRecorder, test: Mapping[str,
     rows = []
     for i, (index, image) in enumerate(zip(recorder.indices, recorder.images)):
       rec = records[index]
-      gt = (boxes_lib.scale_boxes(rec.boxes, rec.width, rec.height, size)
+      gt = (metrics_lib.scale_boxes(rec.boxes, rec.width, rec.height, size)
             if has_boxes else None)
       fg, ignore = split.mask_loader(index) if has_masks else (None, None)
       row = sample_row(image, {n: recorder.maps[n][i] for n in names}, box_taus=box_taus,

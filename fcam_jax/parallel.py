@@ -22,10 +22,9 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 import numpy as np
 
 AXIS = "batch"
-KINDS = ("pmap", "jit")
-# XLA:CPU routes convolutions through YNNPACK fusions by default; on the AVX2 CPUs
-# measured (benchmarks/README.md) XLA's own convolutions make the stage-2 step 1.6x
-# faster, above all the decoder's weight gradients.
+BACKENDS = ("pmap", "jit")
+# XLA:CPU routes convolutions through YNNPACK fusions by default; XLA's own are faster
+# for these models on the CPUs measured (benchmarks/README.md, "YNNPACK").
 NO_YNNPACK = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 
@@ -66,8 +65,12 @@ def replicate(tree: Any) -> Any:
 
 
 def unreplicate(tree: Any) -> Any:
-  """pmap layout: the first device's copy, on the host."""
-  return jax.device_get(jax.tree.map(lambda x: x[0], tree))
+  """pmap layout: the first local device's copy, on the host.
+
+  Read from the device's buffer, not by indexing: `x[0]` would be a computation over
+  all devices, and in a multi-process job every process would have to run it in step.
+  """
+  return jax.tree.map(lambda x: np.asarray(x.addressable_data(0))[0], tree)
 
 
 def shard(batch: Any) -> Any:
@@ -92,13 +95,13 @@ class DataParallel:
   `step(fn, replicated, sharded)` compiles `fn(*args)` where each arg is either
   replicated (the same on every device: state, frozen variables) or sharded along
   the batch (the batch; per-device keys). Its outputs must be replicated (the state,
-  pmean'ed metrics). `maps(fn, ...)` is the same for per-example outputs.
+  pmean'ed metrics). `per_example(fn, ...)` is the same for per-example outputs.
   """
 
   def __init__(self, kind: str = "pmap", options: Optional[Dict[str, str]] = None):
     """`options`: XLA compiler options for every step (see `compiler_options`)."""
-    if kind not in KINDS:
-      raise ValueError(f"parallel backend {kind!r}: must be one of {', '.join(KINDS)}")
+    if kind not in BACKENDS:
+      raise ValueError(f"parallel backend {kind!r}: must be one of {', '.join(BACKENDS)}")
     self.kind = kind
     self.options = dict(options or {})
     if kind == "jit":
@@ -127,7 +130,7 @@ class DataParallel:
     """`specs[i]`: False = replicated arg, True = batch-sharded, 'key' = one key per device."""
     return self._compile(fn, specs, out_sharded=False, donate=donate)
 
-  def maps(self, fn: Callable, specs: Sequence) -> Callable:
+  def per_example(self, fn: Callable, specs: Sequence) -> Callable:
     """Like `step`, for functions whose outputs are per example (sharded like the batch)."""
     return self._compile(fn, specs, out_sharded=True, donate=())
 
@@ -170,5 +173,5 @@ class DataParallel:
   def first(self, tree: Any) -> Any:
     """Host values of replicated step outputs (pmean'ed metrics)."""
     if self.kind == "pmap":
-      return jax.tree.map(lambda x: np.asarray(x)[0], jax.device_get(tree))
+      return unreplicate(tree)
     return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)

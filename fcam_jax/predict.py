@@ -1,18 +1,19 @@
 r"""Applies a trained F-CAM workdir to image files: maps, boxes and an overlay per image.
 
   python -m fcam_jax.predict --workdir=DIR --input=PATH [--input=PATH ...] --output=OUT \
-      [--checkpoint=best|last] [--method=gradcam] [--with_cam] [--threshold=0.3] [--batch_size=N]
+      [--checkpoint=best|last] [--method=gradcam] [--with_cam] [--targets=FILE] \
+      [--threshold=0.3] [--batch_size=N]
 
 Each `--input` is an image file or a folder (walked recursively, in sorted order).
 Images are resized to `config.data.eval_size` (aspect not kept) as in evaluation and
 run through the frozen classifier and the decoder of `<workdir>/stage2` in batches of a
-fixed shape (the last one padded). For the image at relative path `a/x.jpg` (relative
-to the inputs' common folder) OUT holds:
+fixed shape (the last one padded), by `fcam_jax.api`. For the image at relative path
+`a/x.jpg` (relative to the inputs' common folder) OUT holds:
 
 | file | content |
 |---|---|
 | `a/x.jpg.npy` | the F-CAM, float32 in [0, 1] at the original image size (bilinear) |
-| `a/x.jpg.cam.npy` | the baseline CAM of the predicted class (`--with_cam`; stage-1-only workdir) |
+| `a/x.jpg.cam.npy` | the baseline CAM (`--with_cam`; stage-1-only workdir) of the predicted class, or of the `--targets` class |
 | `a/x.jpg.overlay.png` | the image blended with a JET colour map of the map, and its box |
 
 (a JPEG above `images.MAX_PIXELS` is decoded reduced: its maps keep the file's size,
@@ -29,10 +30,7 @@ import collections
 import concurrent.futures
 import dataclasses
 import functools
-import json
-import logging as logging_lib
 import os
-import sys
 import time
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
@@ -40,283 +38,87 @@ from absl import app
 from absl import flags
 from absl import logging
 import cv2
-import jax
-import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
-from fcam_jax import checkpoint as ckpt_lib
-from fcam_jax import config_lib
-from fcam_jax import models
-from fcam_jax import parallel
-from fcam_jax import steps
+from fcam_jax import api
+from fcam_jax import cams
+from fcam_jax import cli
+from fcam_jax import files
+from fcam_jax import inference
+from fcam_jax import metrics
 from fcam_jax.data import images as images_lib
-from fcam_jax.data import pipeline
-from fcam_jax.metrics import boxes as boxes_lib
-from fcam_jax.models import decoder as decoder_lib
-from fcam_jax.models import normalize
 
-CHECKPOINTS = ("best", "last")
-THRESHOLD_KEY = "best_tau_MaxBoxAcc"
-DEFAULT_THRESHOLD = 0.5
-
-
-class PredictError(ValueError):
-  """A workdir, config or argument predict cannot use; the message names it."""
-
-
-# ----------------------------------------------------------------------------- workdir
-
-def _update(node: ml_collections.ConfigDict, values: Dict, path: str, prefix: str = "config"):
-  for key, value in values.items():
-    name = f"{prefix}.{key}"
-    if key not in node:
-      logging.warning("%s: ignoring unknown key %s", path, name)
-    elif isinstance(node[key], ml_collections.ConfigDict):
-      if not isinstance(value, dict):
-        raise PredictError(f"{path}: {name} must be a section, got {value!r}")
-      _update(node[key], value, path, name)
-    else:
-      try:
-        node[key] = tuple(value) if isinstance(node[key], tuple) else value
-      except (TypeError, ValueError) as e:
-        raise PredictError(f"{path}: bad value for {name}: {e}") from e
-
-
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-  """`<workdir>/config.json` (or results.json's `config`) over `config_lib.base_config()`."""
-  if not os.path.isdir(workdir):
-    raise PredictError(f"no workdir {workdir}")
-  path = os.path.join(workdir, "config.json")
-  key = None
-  if not os.path.isfile(path):
-    results = os.path.join(workdir, "results.json")
-    if not os.path.isfile(results):
-      raise PredictError(f"no config in workdir {workdir}: {path} not found "
-                         "(is it a python -m fcam_jax.main workdir?)")
-    path, key = results, "config"
-  try:
-    with open(path) as f:
-      values = json.load(f)
-  except (OSError, ValueError) as e:
-    raise PredictError(f"{path}: unreadable config ({e})") from e
-  if key is not None:
-    values = values.get(key)
-  if not isinstance(values, dict):
-    raise PredictError(f"{path}: no config object")
-  config = config_lib.base_config()
-  _update(config, values, path)
-  return config
-
-
-def _select_step(directory: str, which: str) -> Optional[Tuple[ckpt_lib.Checkpointer, int]]:
-  """The checkpointer of `directory` and its best/latest step, or None if it has none."""
-  if not directory or not os.path.isdir(directory):
-    return None
-  ckpt = ckpt_lib.Checkpointer(directory, read_only=True)
-  step = ckpt.best_step() if which == "best" else ckpt.latest_step()
-  if step is None:
-    step = ckpt.latest_step()
-  if step is None:
-    ckpt.close()
-    return None
-  return ckpt, step
-
-
-def _val_threshold(ckpt: ckpt_lib.Checkpointer, step: int, stage_dir: str
-                   ) -> Tuple[Optional[float], str]:
-  """The val `best_tau_MaxBoxAcc` of `step`: from the checkpoint's history, else results.json."""
-  try:
-    history = ckpt.restore_meta(step).get("history", [])
-  except Exception as e:  # pylint: disable=broad-except
-    logging.warning("%s step %d: no readable meta (%s)", ckpt.directory, step, e)
-    history = []
-  results_path = os.path.join(stage_dir, "results.json")
-  if os.path.isfile(results_path):
-    try:
-      with open(results_path) as f:
-        history = history + [json.load(f).get("val_at_best") or {}]
-    except (OSError, ValueError) as e:
-      logging.warning("%s: unreadable (%s)", results_path, e)
-  for h in history:
-    if h.get("step") == step and h.get(THRESHOLD_KEY) is not None:
-      return float(h[THRESHOLD_KEY]), f"val {THRESHOLD_KEY} of {ckpt.directory} step {step}"
-  return None, ""
-
-
-def _restore_variables(ckpt: ckpt_lib.Checkpointer, step: int) -> Dict:
-  state = ckpt.restore_raw(step)
-  return {"params": state["params"], "batch_stats": state.get("batch_stats") or {}}
-
-
-# ----------------------------------------------------------------------------- model
-
-def predict_maps(variables: Dict, images: jnp.ndarray, rng, *, classifier, decoder, cam_config,
-                 with_cam: bool) -> Dict[str, jnp.ndarray]:
-  """Top-1 class, its probability, the logits, the F-CAM and/or the CAM of the top-1 class.
-
-  `images` are uint8 (B, S, S, 3) at the eval size; the maps are (B, S, S). `decoder`
-  None: CAM only.
-  """
-  clf_vars = variables["classifier"]
-  x = normalize(images, classifier.backbone.dtype)
-  logits, taps = classifier.apply(clf_vars, x, train=False)
-  logits = logits.astype(jnp.float32)
-  label = jnp.argmax(logits, axis=-1)  # ties: the lower class, as the evaluator
-  probs = jax.nn.softmax(logits, axis=-1)
-  out = {"class": label, "probability": jnp.take_along_axis(probs, label[:, None], 1)[:, 0],
-         "logits": logits}
-  if decoder is not None:
-    dtaps = [taps[name] for name in type(classifier.backbone).DECODER_TAPS]
-    dec = decoder.apply(variables["decoder"], dtaps, x.shape[1:3], train=False)
-    out["fcam"] = jax.nn.softmax(dec.astype(jnp.float32), axis=-1)[..., 1]
-  if with_cam or decoder is None:
-    out["cam"] = steps.cam_maps(classifier, clf_vars, taps, x, label, rng, cam_config)
-  return out
+CHECKPOINTS = inference.CHECKPOINTS
+PredictError = inference.WorkdirError
 
 
 @dataclasses.dataclass
 class Predictor:
-  """A loaded workdir: `predict_batch` on eval-size uint8 images, `run` on files."""
-  config: ml_collections.ConfigDict
-  variables: Dict[str, Any]
-  checkpoint: Dict[str, Any]     # provenance: stage, which, directory, step, classifier
+  """A loaded workdir and what to compute: `predict_batch` on eval-size uint8 images,
+  `run` on files."""
+  localizer: api.Localizer
   method: str                    # CAM method of the baseline CAM
-  threshold: float               # default box threshold (val-best of the checkpoint)
-  threshold_source: str
-  batch_size: int
-  with_cam: bool
-  _fn: Callable = dataclasses.field(repr=False, default=None)
+  with_cam: bool                 # also the baseline CAM (always, without stage 2)
+
+  @property
+  def checkpoint(self) -> Dict[str, Any]:
+    return self.localizer.checkpoint
+
+  @property
+  def threshold(self) -> float:
+    return self.localizer.threshold
+
+  @property
+  def threshold_source(self) -> str:
+    return self.localizer.trained.threshold_source
+
+  @property
+  def batch_size(self) -> int:
+    return self.localizer.batch_size
 
   @property
   def eval_size(self) -> int:
-    return int(self.config.data.eval_size)
-
-  @property
-  def has_fcam(self) -> bool:
-    return "decoder" in self.variables
+    return self.localizer.eval_size
 
   @property
   def map_name(self) -> str:
     """The map the boxes and overlays are made from."""
-    return "fcam" if self.has_fcam else "cam"
+    return "fcam" if self.localizer.has_fcam else "cam"
 
   def preprocess(self, rgb: np.ndarray) -> np.ndarray:
-    """uint8 RGB (H, W, 3) -> uint8 (S, S, 3), as the eval pipeline resizes."""
-    return pipeline.EvalTransform(self.eval_size).map({"image": rgb})["image"]
+    return self.localizer.resize(rgb)
 
-  def predict_batch(self, images: np.ndarray) -> Dict[str, np.ndarray]:
-    """Host arrays for uint8 (n, S, S, 3) images, run in padded batches of `batch_size`.
+  def predict_batch(self, images: np.ndarray, targets: Optional[Sequence[int]] = None
+                    ) -> Dict[str, np.ndarray]:
+    """class, probability, logits, fcam (with stage 2) and cam (`with_cam`) of uint8
+    (n, S, S, 3) images."""
+    return self.localizer.predict_resized(images, targets,
+                                          self.method if self.with_cam else None)
 
-    Keys: class (n,), probability (n,), logits (n, classes), fcam (n, S, S) unless
-    CAM-only, cam (n, S, S) with `with_cam` or CAM-only.
-    """
-    images = np.asarray(images)
-    s = self.eval_size
-    if images.ndim != 4 or images.shape[1:] != (s, s, 3) or images.dtype != np.uint8:
-      raise ValueError(f"predict_batch takes uint8 (n, {s}, {s}, 3) images; got "
-                       f"{images.dtype} {images.shape}")
-    n, b = len(images), self.batch_size
-    outs = []
-    for start in range(0, n, b):
-      chunk = images[start:start + b]
-      padded = np.zeros((b, s, s, 3), np.uint8)
-      padded[:len(chunk)] = chunk
-      out = jax.device_get(self._fn(self.variables, padded))
-      outs.append({k: np.asarray(v)[:len(chunk)] for k, v in out.items()})
-    if not outs:
-      return {}
-    return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
-
-  def run(self, inputs: Sequence[str], output: str, *, threshold: Optional[float] = None,
-          overlay: bool = True, num_threads: int = 4) -> Dict[str, Any]:
-    return run(self, inputs, output, threshold=threshold, overlay=overlay,
-               num_threads=num_threads)
+  def run(self, inputs: Sequence[str], output: str, **kwargs) -> Dict[str, Any]:
+    """`run(self, inputs, output, **kwargs)`."""
+    return run(self, inputs, output, **kwargs)
 
 
 def load_predictor(workdir: str, checkpoint: str = "best", method: Optional[str] = None,
                    with_cam: bool = False, batch_size: Optional[int] = None) -> Predictor:
-  """The classifier (+ decoder) of a `python -m fcam_jax.main` workdir.
-
-  `checkpoint` picks the stage-2 decoder step (`best` by validation, or `last`); the
-  classifier is the one stage 2 was trained on (stage-1 best, or
-  `config.stage2.classifier_checkpoint`). Without a stage-2 checkpoint the predictor
-  gives the stage-1 CAM only, from the `checkpoint` step of stage 1. `method`
-  overrides `config.cam.method` for the CAM.
-  """
-  if checkpoint not in CHECKPOINTS:
-    raise PredictError(f"checkpoint={checkpoint!r}: must be one of {', '.join(CHECKPOINTS)}")
-  config = load_config(workdir)
-  if method is not None and method not in config_lib.CAM_METHODS:
-    raise PredictError(f"method={method!r}: must be one of {', '.join(config_lib.CAM_METHODS)}")
-  batch_size = batch_size or config.eval.batch_size
-  if batch_size <= 0:
-    raise PredictError(f"batch_size={batch_size}: must be > 0")
-  stage2_dir = os.path.join(workdir, "stage2")
-  stage1_dir = os.path.join(workdir, "stage1")
-  found = _select_step(os.path.join(stage2_dir, "checkpoints"), checkpoint)
-  variables, info = {}, {"workdir": os.path.abspath(workdir), "which": checkpoint}
-  if found is not None:
-    from fcam_jax import train_fcam  # pylint: disable=g-import-not-at-top
-    ckpt, step = found
-    try:
-      variables["decoder"] = _restore_variables(ckpt, step)
-      tau, source = _val_threshold(ckpt, step, stage2_dir)
-    finally:
-      ckpt.close()
-    variables["classifier"], clf_step = train_fcam.load_classifier(config, workdir)
-    info.update(stage="stage2", directory=ckpt.directory, step=step,
-                classifier_directory=os.path.abspath(config.stage2.classifier_checkpoint or
-                                                     os.path.join(stage1_dir, "checkpoints")),
-                classifier_step=clf_step)
-  else:
-    candidates = [os.path.join(stage1_dir, "checkpoints")]
-    if config.stage2.classifier_checkpoint:
-      candidates.append(config.stage2.classifier_checkpoint)
-    found = next(filter(None, (_select_step(d, checkpoint) for d in candidates)), None)
-    if found is None:
-      raise ckpt_lib.CheckpointNotFoundError(
-          f"no checkpoint in {os.path.join(stage2_dir, 'checkpoints')} nor in "
-          f"{' or '.join(candidates)}: train with python -m fcam_jax.main first")
-    ckpt, step = found
-    try:
-      variables["classifier"] = _restore_variables(ckpt, step)
-      tau, source = _val_threshold(ckpt, step, os.path.dirname(ckpt.directory))
-    finally:
-      ckpt.close()
-    info.update(stage="stage1", directory=ckpt.directory, step=step)
-    logging.warning("no stage-2 checkpoint in %s: writing the baseline CAM only (stage 1 %s "
-                    "step %d)", stage2_dir, ckpt.directory, step)
-    if method and method != config.cam.method and tau is not None:
-      logging.warning("the val threshold %.3f was selected for %s, not %s", tau,
-                      config.cam.method, method)
-  if tau is None:
-    tau, source = DEFAULT_THRESHOLD, "default (no validation threshold found)"
-    logging.warning("no val %s for %s step %d: box threshold %.2f", THRESHOLD_KEY,
-                    info["directory"], info["step"], tau)
-  logging.info("predict: %s %s step %d, box threshold %.3f (%s)", info["stage"], checkpoint,
-               info["step"], tau, source)
-
-  dtype = jnp.bfloat16 if config.half_precision else jnp.float32
-  classifier = models.build_classifier(config.model, dtype=dtype)
-  decoder = None
-  if "decoder" in variables:
-    decoder = decoder_lib.decoder_for(models.backbone_class(config.model.backbone),
-                                      config_lib.decoder_channels(config), dtype=dtype)
-  if method and decoder is not None and not with_cam:
+  """The classifier (+ decoder) of a `python -m fcam_jax.main` workdir
+  (`inference.load_trained`); `method` overrides `config.cam.method` for the CAM."""
+  if method is not None and method not in cams.METHODS:
+    raise PredictError(f"method={method!r}: must be one of {', '.join(cams.METHODS)}")
+  localizer = api.load(workdir, checkpoint, batch_size)
+  config = localizer.config
+  info = localizer.checkpoint
+  if not localizer.has_fcam:
+    with_cam = True
+    if method and method != config.cam.method:
+      logging.warning("the val threshold %.3f was selected for %s, not %s",
+                      localizer.threshold, config.cam.method, method)
+  elif method and not with_cam:
     logging.warning("method=%s only changes the baseline CAM: add --with_cam", method)
-  cam_config = ml_collections.ConfigDict(config.cam.to_dict())
-  cam_config.method = method or config.cam.method
-  fn = jax.jit(functools.partial(predict_maps, classifier=classifier, decoder=decoder,
-                                 cam_config=cam_config, with_cam=with_cam),
-               compiler_options=parallel.compiler_options(config.get("cpu_ynnpack", False))
-               or None)
-  rng = jax.random.key(config.seed + 1)
-  variables = jax.device_put(variables)
-  return Predictor(config=config, variables=variables, checkpoint=info,
-                   method=cam_config.method, threshold=tau, threshold_source=source,
-                   batch_size=int(batch_size), with_cam=with_cam or decoder is None,
-                   _fn=lambda v, x: fn(v, x, rng))
+  logging.info("predict: %s %s step %d, box threshold %.3f (%s)", info["stage"], checkpoint,
+               info["step"], localizer.threshold, localizer.trained.threshold_source)
+  return Predictor(localizer=localizer, method=method or config.cam.method, with_cam=with_cam)
 
 
 # ----------------------------------------------------------------------------- host side
@@ -374,71 +176,18 @@ def read_rgb(path: str) -> np.ndarray:
     return np.ascontiguousarray(bgr[..., ::-1])
 
 
-def upsample(scoremap: np.ndarray, height: int, width: int) -> np.ndarray:
-  """float32 (height, width) bilinear (half-pixel centres, edges clamped), clipped to [0, 1]."""
-  m = np.asarray(scoremap, np.float32)
-  if m.shape != (height, width):
-    m = cv2.resize(m, (width, height), interpolation=cv2.INTER_LINEAR)
-  return np.clip(m, 0.0, 1.0, out=m)
-
-
-def quantize(scoremap: np.ndarray) -> np.ndarray:
-  """`metrics.boxes.quantize` (uint8(float64(map) * 255)) row block by row block."""
-  q = np.empty(scoremap.shape, np.uint8)
-  rows = max(1, (1 << 20) // max(1, scoremap.shape[1]))
-  for r in range(0, scoremap.shape[0], rows):
-    q[r:r + rows] = boxes_lib.quantize(scoremap[r:r + rows])
-  return q
-
-
-def largest_box(q: np.ndarray, threshold: float) -> Optional[List[int]]:
-  """The WSOL evaluator's box of a uint8 map at `threshold`, None when nothing is above it.
-
-  Foreground `q > int(threshold * max(q))`; OpenCV contours (RETR_TREE,
-  CHAIN_APPROX_SIMPLE); the first contour of largest area; its bounding rect
-  `x, y, min(x + w, W - 1), min(y + h, H - 1)`.
-  """
-  level = int(threshold * int(q.max()))
-  binary = cv2.threshold(q, level, 1, cv2.THRESH_BINARY)[1]
-  contours = cv2.findContours(binary, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[-2]
-  if not contours:
-    return None
-  x, y, w, h = cv2.boundingRect(max(contours, key=cv2.contourArea))
-  height, width = q.shape
-  return [int(x), int(y), int(min(x + w, width - 1)), int(min(y + h, height - 1))]
-
-
-def overlay_image(rgb: np.ndarray, q: np.ndarray, box: Optional[List[int]]) -> np.ndarray:
-  """BGR uint8: the image half-blended with the JET colour map of `q`, the box in green."""
-  out = cv2.addWeighted(np.ascontiguousarray(rgb[..., ::-1]), 0.5,
-                        cv2.applyColorMap(q, cv2.COLORMAP_JET), 0.5, 0)
-  if box is not None:
-    thick = max(1, round(max(q.shape) / 300))
-    cv2.rectangle(out, tuple(box[:2]), tuple(box[2:]), (0, 255, 0), thick)
-  return out
-
-
-def _save_npy(path: str, array: np.ndarray):
-  tmp = path + ".tmp"
-  with open(tmp, "wb") as f:
-    np.save(f, array)
-  os.replace(tmp, path)
-
-
-def _save_png(path: str, bgr: np.ndarray):
-  ok, data = cv2.imencode(".png", bgr)
+def _save_png(path: str, rgb: np.ndarray):
+  ok, data = cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]))
   if not ok:
     raise OSError(f"{path}: PNG encoding failed")
-  tmp = path + ".tmp"
-  with open(tmp, "wb") as f:
-    f.write(data.tobytes())
-  os.replace(tmp, path)
+  files.write_atomic(path, data.tobytes())
 
 
 @dataclasses.dataclass
 class _Item:
   path: str
   rel: str
+  target: Optional[int] = None   # the class of the CAM (--targets); None: the predicted one
   image: np.ndarray = None       # resized, eval size
   size: Tuple[int, int] = None   # original (height, width)
   decoded: Tuple[int, int] = None  # decoded (height, width): smaller for a huge JPEG
@@ -462,20 +211,23 @@ def _write(predictor: Predictor, item: _Item, pred: Dict[str, np.ndarray], outpu
   height, width = item.size
   base = os.path.join(output, item.rel)
   os.makedirs(os.path.dirname(base), exist_ok=True)
-  files, q = {}, None
+  outputs, q = {}, None
   for name, suffix in (("cam", ".cam.npy"), ("fcam", ".npy")):  # the box map last
     if name in pred:
-      full = upsample(pred[name], height, width)
-      _save_npy(base + suffix, full)
-      files[name] = item.rel + suffix
+      full = api.resize_map(pred[name], height, width)
+      files.save_npy(base + suffix, full)
+      outputs[name] = item.rel + suffix
       if name == predictor.map_name:
-        q = quantize(full)
+        q = api.quantize(full)
       del full
-  box = largest_box(q, threshold)
-  record = {"input": item.path, "outputs": files, "size": [int(width), int(height)],
+  box = metrics.largest_contour_box(q, threshold)
+  box = None if box is None else [int(v) for v in box]
+  record = {"input": item.path, "outputs": outputs, "size": [int(width), int(height)],
             "class": int(pred["class"]), "probability": float(pred["probability"]),
             "threshold": float(threshold), "map": predictor.map_name,
             "boxes": [box] if box is not None else []}
+  if "cam" in pred:
+    record["cam_class"] = int(pred["class"] if item.target is None else item.target)
   if overlay:
     rgb = read_rgb(item.path)  # decoded again: batches never hold full-size images
     if rgb.shape[:2] != item.decoded:
@@ -487,8 +239,8 @@ def _write(predictor: Predictor, item: _Item, pred: Dict[str, np.ndarray], outpu
       obox = box and [int(c * dw / width) if i % 2 == 0 else int(c * dh / height)
                       for i, c in enumerate(box)]
       record["overlay_size"] = [int(dw), int(dh)]
-    _save_png(base + ".overlay.png", overlay_image(rgb, q, obox))
-    files["overlay"] = item.rel + ".overlay.png"
+    _save_png(base + ".overlay.png", api.overlay(rgb, q, obox))
+    outputs["overlay"] = item.rel + ".overlay.png"
   return record
 
 
@@ -517,22 +269,68 @@ def _result(item, future):
     return item, e
 
 
+def read_targets(path: str, num_classes: int) -> Dict[str, int]:
+  """`image path,class` lines (blank lines and `#` comments skipped) -> {path: class}."""
+  targets = {}
+  try:
+    with open(path, encoding="utf-8") as f:
+      lines = f.read().splitlines()
+  except (OSError, UnicodeDecodeError) as e:
+    raise PredictError(f"--targets={path}: unreadable ({e})") from e
+  for n, line in enumerate(lines, 1):
+    if not line.strip() or line.lstrip().startswith("#"):
+      continue
+    image, sep, label = line.rpartition(",")
+    try:
+      label = int(label)
+    except ValueError:
+      label = None
+    if not sep or not image.strip() or label is None:
+      raise PredictError(f"{path}:{n}: expected 'image path,class', got {line!r}")
+    if not 0 <= label < num_classes:
+      raise PredictError(f"{path}:{n}: class {label} is not in [0, {num_classes})")
+    targets[image.strip()] = label
+  return targets
+
+
+def _match_targets(files: List[Tuple[str, str]], targets: Dict[str, int], source: str
+                   ) -> List[Optional[int]]:
+  """Each file's class from `targets`, keyed by its relative path, the path as given or
+  its absolute path; every file must have one."""
+  by_abs = {os.path.abspath(k): v for k, v in targets.items()}
+  found, missing = [], []
+  for path, rel in files:
+    label = targets.get(rel, targets.get(path, by_abs.get(os.path.abspath(path))))
+    found.append(label)
+    if label is None:
+      missing.append(rel)
+  if missing:
+    raise PredictError(f"{source}: no class for {len(missing)} of the {len(files)} input files, "
+                       f"e.g. {', '.join(missing[:3])} (keys: paths relative to the inputs' "
+                       "common folder, or as given)")
+  return found
+
+
 def run(predictor: Predictor, inputs: Sequence[str], output: str, *,
-        threshold: Optional[float] = None, overlay: bool = True,
-        num_threads: int = 4) -> Dict[str, Any]:
+        threshold: Optional[float] = None, overlay: bool = True, num_threads: int = 4,
+        targets: Optional[Dict[str, int]] = None, targets_source: str = "targets"
+        ) -> Dict[str, Any]:
   """Predicts every image under `inputs` into `output`; returns predictions.json's content.
 
-  Unreadable files are listed under `errors` with the reason and skipped.
+  `targets` ({image path: class}) picks the class of each baseline CAM (default: the
+  predicted class). Unreadable files are listed under `errors` with the reason and skipped.
   """
   if threshold is not None and not 0.0 <= threshold <= 1.0:
     raise PredictError(f"threshold={threshold}: must be in [0, 1]")
   tau = predictor.threshold if threshold is None else float(threshold)
   t0 = time.time()
   os.makedirs(output, exist_ok=True)
-  files, errors = find_images(inputs, exclude=output)
+  found, errors = find_images(inputs, exclude=output)
+  labels = (_match_targets(found, targets, targets_source) if targets is not None
+            else [None] * len(found))
   for e in errors:
     logging.warning("%s: %s", e["input"], e["reason"])
-  total, done, last_log = len(files), 0, t0
+  total, done, last_log = len(found), 0, t0
   records: List[Dict[str, Any]] = []
 
   def fail(item: _Item, e: Exception):
@@ -550,7 +348,9 @@ def run(predictor: Predictor, inputs: Sequence[str], output: str, *,
     writes = collections.deque()
 
     def predict(batch: List[_Item]):
-      preds = predictor.predict_batch(np.stack([item.image for item in batch]))
+      preds = predictor.predict_batch(
+          np.stack([item.image for item in batch]),
+          None if targets is None else [item.target for item in batch])
       for i, item in enumerate(batch):
         item.image = None
         pred = {k: v[i] for k, v in preds.items()}
@@ -560,7 +360,8 @@ def run(predictor: Predictor, inputs: Sequence[str], output: str, *,
 
     batch = []
     loads = _ordered(pool, functools.partial(_load, predictor),
-                     (_Item(path, rel) for path, rel in files), window=2 * predictor.batch_size)
+                     (_Item(path, rel, label) for (path, rel), label in zip(found, labels)),
+                     window=2 * predictor.batch_size)
     for item, loaded in loads:
       done += 1
       if isinstance(loaded, Exception):
@@ -581,15 +382,16 @@ def run(predictor: Predictor, inputs: Sequence[str], output: str, *,
   wall = time.time() - t0
   summary = {
       "checkpoint": predictor.checkpoint, "map": predictor.map_name,
-      "cam_method": predictor.method, "eval_size": predictor.eval_size,
+      "cam_method": predictor.method if predictor.with_cam else None,
+      "cam_class": None if not predictor.with_cam else (
+          "predicted" if targets is None else targets_source),
+      "eval_size": predictor.eval_size,
       "threshold": tau, "threshold_source": predictor.threshold_source if threshold is None
       else "--threshold", "num_files": total, "num_images": len(records),
       "num_errors": len(errors), "wall_time_s": wall,
       "images_per_s": len(records) / max(wall, 1e-9), "images": records, "errors": errors}
   path = os.path.join(output, "predictions.json")
-  with open(path + ".tmp", "w") as f:
-    json.dump(summary, f, indent=2)
-  os.replace(path + ".tmp", path)
+  files.write_json(path, summary)
   logging.info("predict: %d images, %d errors, %.1f images/s -> %s", len(records), len(errors),
                summary["images_per_s"], path)
   return summary
@@ -598,15 +400,17 @@ def run(predictor: Predictor, inputs: Sequence[str], output: str, *,
 # ----------------------------------------------------------------------------- CLI
 
 def define_flags():
-  """The CLI flags; defined on demand, as fcam_jax.main (imported by others) owns --workdir."""
   flags.DEFINE_string("workdir", None, "A python -m fcam_jax.main workdir.")
   flags.DEFINE_multi_string("input", None, "Image file or folder (repeatable).")
   flags.DEFINE_string("output", None, "Folder for the maps, overlays and predictions.json.")
   flags.DEFINE_enum("checkpoint", "best", list(CHECKPOINTS),
                     "Stage-2 (or stage-1) step: best by validation, or last.")
-  flags.DEFINE_enum("method", None, list(config_lib.CAM_METHODS),
+  flags.DEFINE_enum("method", None, list(cams.METHODS),
                     "CAM method of the baseline CAM (default: the config's).")
   flags.DEFINE_bool("with_cam", False, "Also write the baseline CAM (.cam.npy).")
+  flags.DEFINE_string("targets", None, "A text file of 'image path,class' lines: the class of "
+                      "each image's baseline CAM (e.g. the true class, as evaluation does); "
+                      "default: the predicted class.")
   flags.DEFINE_float("threshold", None,
                      "Box threshold in [0, 1] (default: the checkpoint's val best tau).")
   flags.DEFINE_integer("batch_size", None, "Batch size (default config.eval.batch_size).")
@@ -615,36 +419,28 @@ def define_flags():
   flags.mark_flags_as_required(["workdir", "input", "output"])
 
 
-class _QuietLibraries(logging_lib.Filter):
-  """Drops INFO records of orbax (a dozen lines per restore)."""
-
-  def filter(self, record):
-    return record.levelno >= logging_lib.WARNING or "/orbax/" not in record.pathname
-
-
-def _fail(message: str, code: int = 2):
-  print(f"error: {message}", file=sys.stderr)
-  sys.exit(code)
-
-
 def main(argv):
-  logging.get_absl_handler().addFilter(_QuietLibraries())
+  cli.quiet_libraries()
   if len(argv) > 1:
-    _fail(f"unexpected arguments: {' '.join(argv[1:])}")
+    cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
   f = flags.FLAGS
   if f.threshold is not None and not 0.0 <= f.threshold <= 1.0:
-    _fail(f"--threshold={f.threshold}: must be in [0, 1]")
+    cli.fail(f"--threshold={f.threshold}: must be in [0, 1]")
   if f.batch_size is not None and f.batch_size <= 0:
-    _fail(f"--batch_size={f.batch_size}: must be > 0")
+    cli.fail(f"--batch_size={f.batch_size}: must be > 0")
   try:
-    predictor = load_predictor(f.workdir, f.checkpoint, f.method, f.with_cam, f.batch_size)
+    predictor = load_predictor(f.workdir, f.checkpoint, f.method, f.with_cam or bool(f.targets),
+                               f.batch_size)
+    targets = (read_targets(f.targets, predictor.localizer.config.model.num_classes)
+               if f.targets else None)
+    summary = predictor.run(f.input, f.output, threshold=f.threshold, overlay=f.overlay,
+                            num_threads=f.num_threads, targets=targets,
+                            targets_source=f.targets or "targets")
   except (PredictError, FileNotFoundError) as e:
-    _fail(str(e))
-  summary = predictor.run(f.input, f.output, threshold=f.threshold, overlay=f.overlay,
-                          num_threads=f.num_threads)
+    cli.fail(str(e))
   if not summary["num_images"]:
-    _fail(f"no image could be processed from {', '.join(f.input)} ({summary['num_errors']} "
-          f"errors, listed in {os.path.join(f.output, 'predictions.json')})", code=1)
+    cli.fail(f"no image could be processed from {', '.join(f.input)} ({summary['num_errors']} "
+             f"errors, listed in {os.path.join(f.output, 'predictions.json')})", cli.DATA)
 
 
 if __name__ == "__main__":

@@ -20,27 +20,21 @@ import csv
 import io
 import json
 import os
-import sys
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from absl import app
 from absl import flags
 import numpy as np
 
-METRICS = ("MaxBoxAcc", "MaxBoxAccV2", "PxAP", "top1_loc", "top5_loc", "top1_cls")
-METRIC_NAMES = {"MaxBoxAcc": "MaxBoxAcc", "MaxBoxAccV2": "MaxBoxAccV2", "PxAP": "PxAP",
-                "top1_loc": "Top-1 Loc", "top5_loc": "Top-5 Loc", "top1_cls": "Top-1 Cls"}
-# Display names (tables, figures); CAM* is the paper's name for its CAM.
-METHOD_NAMES = {"cam": "CAM*", "gradcam": "GradCAM", "gradcampp": "GradCAM++",
-                "smoothgradcampp": "Smooth-GradCAM++", "xgradcam": "XGradCAM",
-                "layercam": "LayerCAM", "hirescam": "HiResCAM", "scorecam": "ScoreCAM",
-                "ablationcam": "AblationCAM", "eigencam": "EigenCAM"}
-METHOD_ORDER = tuple(METHOD_NAMES)
-BACKBONE_NAMES = {"vgg16": "VGG16", "inceptionv3": "InceptionV3", "resnet50": "ResNet50",
-                  "small": "Small"}
-BACKBONE_ORDER = ("vgg16", "inceptionv3", "resnet50", "small")  # the paper's column order
+from fcam_jax import cams
+from fcam_jax import cli
+from fcam_jax import config_lib
+from fcam_jax import files
+from fcam_jax import metrics as metrics_lib
+from fcam_jax import models
 
-_PAPER_METHODS = ("cam", "gradcam", "gradcampp", "smoothgradcampp", "xgradcam", "layercam")
+METRICS = metrics_lib.REPORTED
+BACKBONE_ORDER = ("vgg16", "inceptionv3", "resnet50", "small")  # the paper's column order
 
 
 def _paper_table(rows: Sequence[Tuple[float, ...]]) -> Dict:
@@ -51,7 +45,7 @@ def _paper_table(rows: Sequence[Tuple[float, ...]]) -> Dict:
   """
   out = {}
   for i, values in enumerate(rows):
-    method, fcam = _PAPER_METHODS[i % 6], i >= 6
+    method, fcam = cams.PAPER_METHODS[i % 6], i >= 6
     out[(method, fcam)] = dict(zip(("vgg16", "inceptionv3", "resnet50", "mean"), values))
   return out
 
@@ -110,11 +104,10 @@ def find_results(paths: Iterable[str]) -> List[str]:
 
 
 def _get(d: Dict, dotted: str):
-  for part in dotted.split("."):
-    if not isinstance(d, dict) or part not in d:
-      return None
-    d = d[part]
-  return d
+  try:
+    return config_lib.get(d, dotted)
+  except KeyError:
+    return None
 
 
 def read_run(path: str) -> Dict:
@@ -138,7 +131,7 @@ def read_run(path: str) -> Dict:
   run["baseline"] = _scalars(baseline)
   fcam = _get(results, "stage2.test.fcam")
   run["fcam"] = _scalars(fcam) if fcam is not None else None
-  run["config"] = dict(_flatten(results["config"]))
+  run["config"] = dict(config_lib.flatten(results["config"]))
   return run
 
 
@@ -147,14 +140,6 @@ _REPEAT_KEYS = ("seed", "stages", "dataset.data_dir", "dataset.data_root", "data
                 "dataset.mask_root", "model.pretrained", "stage2.classifier_checkpoint",
                 "data.num_workers", "data.read_threads", "data.prefetch", "log_every_steps",
                 "checkpoint_every_epochs", "eval.batch_size", "eval.num_figures")
-
-
-def _flatten(d: Dict, prefix: str = ""):
-  for k, v in d.items():
-    if isinstance(v, dict):
-      yield from _flatten(v, f"{prefix}{k}.")
-    else:
-      yield f"{prefix}{k}", v
 
 
 def _scalars(metrics: Dict) -> Dict[str, float]:
@@ -205,14 +190,14 @@ def markdown(cells, metrics: Optional[Sequence[str]] = None) -> str:
   for dataset in sorted({c[0] for c in cells}):
     keys = [c for c in cells if c[0] == dataset]
     backbones = _order({c[3] for c in keys}, BACKBONE_ORDER)
-    methods = _order({c[1] for c in keys}, METHOD_ORDER)
+    methods = _order({c[1] for c in keys}, cams.METHODS)
     present = {m for c in keys for m in cells[c]}
     wanted = [m for m in (metrics or METRICS) if m in present]
     wanted.sort(key=lambda m: m != HEADLINE.get(dataset))
     for metric in wanted:
-      out.append(f"### {dataset}: {METRIC_NAMES[metric]}\n")
+      out.append(f"### {dataset}: {metrics_lib.DISPLAY_NAMES[metric]}\n")
       with_mean = len(backbones) > 1
-      header = (["Method"] + [BACKBONE_NAMES.get(b, b) for b in backbones]
+      header = (["Method"] + [models.DISPLAY_NAMES.get(b, b) for b in backbones]
                 + (["Mean"] if with_mean else []))
       out.append("| " + " | ".join(header) + " |")
       out.append("|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|")
@@ -235,7 +220,7 @@ def markdown(cells, metrics: Optional[Sequence[str]] = None) -> str:
             mean = float(np.mean(ours_all)) if None not in ours_all else None
             pmean = paper_value(dataset, metric, method, fcam, "mean")
             row.append(_fmt(mean) + (f" ({pmean:.1f})" if pmean is not None else ""))
-          name = METHOD_NAMES.get(method, method) + (" + F-CAM" if fcam else "")
+          name = cams.DISPLAY_NAMES.get(method, method) + (" + F-CAM" if fcam else "")
           out.append("| " + " | ".join([name] + row) + " |")
       out.append("")
   out.append("Cells: ours (paper's value, where Tables 1-2 report it); ± std and n over repeated "
@@ -248,7 +233,7 @@ def csv_text(cells) -> str:
   w = csv.writer(buf, lineterminator="\n")
   w.writerow(["dataset", "method", "fcam", "backbone", "metric", "mean", "std", "n", "paper"])
   for (dataset, method, fcam, backbone) in sorted(cells, key=lambda c: (
-      c[0], METHOD_ORDER.index(c[1]) if c[1] in METHOD_ORDER else 99, c[2], c[3])):
+      c[0], cams.METHODS.index(c[1]) if c[1] in cams.METHODS else 99, c[2], c[3])):
     for metric in METRICS:
       values = cells[(dataset, method, fcam, backbone)].get(metric)
       if not values:
@@ -268,10 +253,8 @@ def report(paths: Sequence[str], out: str = "", metrics: Optional[Sequence[str]]
   table = csv_text(cells)
   if out:
     os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "report.md"), "w") as f:
-      f.write(md)
-    with open(os.path.join(out, "report.csv"), "w") as f:
-      f.write(table)
+    files.write_atomic(os.path.join(out, "report.md"), md)
+    files.write_atomic(os.path.join(out, "report.csv"), table)
   return md, table
 
 
@@ -283,19 +266,15 @@ def define_flags():
 
 def main(argv):
   if len(argv) < 2:
-    print("usage: python -m fcam_jax.report RUN_DIR [RUN_DIR...] [--out=DIR]", file=sys.stderr)
-    sys.exit(2)
+    cli.fail("no RUN_DIR given: python -m fcam_jax.report RUN_DIR [RUN_DIR...] [--out=DIR]")
   out, wanted = flags.FLAGS.out, flags.FLAGS.metrics
   unknown = [m for m in wanted if m not in METRICS]
   if unknown:
-    print(f"error: --metrics: unknown {', '.join(unknown)}; known: {', '.join(METRICS)}",
-          file=sys.stderr)
-    sys.exit(2)
+    cli.fail(f"--metrics: unknown {', '.join(unknown)}; known: {', '.join(METRICS)}")
   try:
     md, _ = report(argv[1:], out, wanted or None)
   except ReportError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    cli.fail(str(e))
   print(md)
 
 

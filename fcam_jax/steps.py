@@ -1,20 +1,18 @@
-"""Pure train and eval steps, written per device; `parallel` pmaps them over 'batch'.
+"""What both stages' train steps share: the state, per-step keys and the SGD update.
 
-Inside a pmapped step every device sees its shard of the global batch; gradients
-and metrics are averaged over the named axis, and BatchNorm computes its batch
-statistics over the same axis, so N devices compute what one device would on the
-whole global batch.
+The steps are written per device; `parallel.DataParallel` runs them on every device
+over the named axis `parallel.AXIS`. Gradients and metrics are averaged over it and
+BatchNorm computes its batch statistics over it, so N devices compute what one
+device would on the whole global batch.
 """
 
-from typing import Any, Dict
+from typing import Any, Dict, Tuple
 
 import flax
 import jax
 import jax.numpy as jnp
 import optax
 
-from fcam_jax import cams as cam_lib
-from fcam_jax.models import normalize
 from fcam_jax.parallel import AXIS
 
 
@@ -27,6 +25,13 @@ class TrainState:
   opt_state: Any
   rng: jnp.ndarray
   aux: Dict[str, jnp.ndarray]  # stage-specific scalars (stage 2: the ELB's t)
+
+
+def create_train_state(params, batch_stats, tx: optax.GradientTransformation, key: jax.Array,
+                       aux=None) -> TrainState:
+  """Step 0 of a stage: `key` seeds the per-step keys."""
+  return TrainState(step=jnp.array(0, jnp.int32), params=params, batch_stats=batch_stats or {},
+                    opt_state=tx.init(params), rng=jax.random.key_data(key), aux=aux or {})
 
 
 def _this_step(state: TrainState) -> jax.Array:
@@ -51,41 +56,16 @@ def cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarray:
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
-def classifier_train_step(state: TrainState, batch: Dict, *, model, tx: optax.GradientTransformation,
-                          dtype=jnp.float32):
-  """Stage 1: one SGD step of the classifier on cross-entropy."""
-  x = normalize(batch["image"], dtype)
-  labels = batch["label"]
+def apply_gradients(state: TrainState, grads, tx: optax.GradientTransformation,
+                    batch_stats) -> Tuple[TrainState, jnp.ndarray]:
+  """The update of a step: (the next step's state, the averaged gradients' global norm).
 
-  def loss_fn(params):
-    (logits, _), new_vars = model.apply(
-        {"params": params, "batch_stats": state.batch_stats}, x, train=True,
-        mutable=["batch_stats"], rngs={"dropout": step_key(state)})
-    return cross_entropy(logits, labels), (logits, new_vars["batch_stats"])
-
-  (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  `grads` are this device's, averaged here over the devices; `batch_stats` are the new
+  BatchNorm statistics (BatchNorm synchronises them over the axis itself).
+  """
   grads = jax.lax.pmean(grads, AXIS)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
-  metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels),
-             "grad_norm": optax.global_norm(grads)}
-  metrics = jax.lax.pmean(metrics, AXIS)
-  new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
-                            opt_state=opt_state)
-  return new_state, metrics
-
-
-def cam_maps(model, variables, taps: Dict, images, labels, rng, cam_config):
-  """The CAM of each image's label from a forward pass's taps, min-max normalized and
-  upsampled to the input size (SPEC §4). `cam_config` is `config.cam`."""
-  cams = cam_lib.compute_from_taps(cam_config.method, model, variables, taps, labels,
-                                   images=images, tap=cam_config.tap or None, rng=rng,
-                                   options=cam_config)
-  return cam_lib.upsample(cam_lib.normalize(cams.astype(jnp.float32)), images.shape[1:3])
-
-
-def classifier_maps(variables, batch: Dict, rng, *, model, cam_config, dtype=jnp.float32):
-  """Logits and the CAMs of the images' labels, at the (eval) image size."""
-  x = normalize(batch["image"], dtype)
-  logits, taps = model.apply(variables, x, train=False)
-  return logits, cam_maps(model, variables, taps, x, batch["label"], rng, cam_config)
+  new_state = state.replace(step=state.step + 1,
+                            params=optax.apply_updates(state.params, updates),
+                            batch_stats=batch_stats, opt_state=opt_state)
+  return new_state, optax.global_norm(grads)

@@ -18,31 +18,42 @@ test metrics of every finished variant: the baseline CAM and F-CAM.
 """
 
 import csv
-import importlib.util
 import io
 import json
 import os
 import re
 import sys
 import traceback
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Sequence
 
 from absl import app
 from absl import flags
 from absl import logging
+from ml_collections import config_flags
 import ml_collections
 
+from fcam_jax import checkpoint
+from fcam_jax import cli
 from fcam_jax import config_lib
-from fcam_jax import main as main_lib
-
-_SWEEP = flags.DEFINE_string("sweep", None, "A configs/sweeps/*.py file, optionally ':arg'.")
-_ONLY = flags.DEFINE_list("only", [], "Run only these variants (names); default all.")
-_SHARD = flags.DEFINE_string("shard", "", "K/N: run every N-th variant starting at K (0-based), "
-                             "to split a sweep over machines.")
-_DRY_RUN = flags.DEFINE_bool("dry_run", False, "List the variants and their workdirs; run nothing.")
+from fcam_jax import distributed
+from fcam_jax import files
+from fcam_jax import metrics
+from fcam_jax import train
+from fcam_jax import weights
 
 STAGE2_PREFIXES = ("fcam.", "stage2.")
-TABLE_METRICS = ("MaxBoxAcc", "MaxBoxAccV2", "PxAP", "top1_loc", "top5_loc", "top1_cls")
+
+
+def define_flags():
+  flags.DEFINE_string("workdir", None, "Folder of the sweep: one workdir per variant.")
+  config_flags.DEFINE_config_file("config", None, "The base configs/*.py file, optionally "
+                                  "with ':arg'.", lock_config=True)
+  flags.DEFINE_string("sweep", None, "A configs/sweeps/*.py file, optionally ':arg'.")
+  flags.DEFINE_list("only", [], "Run only these variants (names); default all.")
+  flags.DEFINE_string("shard", "", "K/N: run every N-th variant starting at K (0-based), "
+                      "to split a sweep over machines.")
+  flags.DEFINE_bool("dry_run", False, "List the variants and their workdirs; run nothing.")
+  flags.mark_flags_as_required(["config", "workdir"])
 
 
 def variant_name(overrides: Dict[str, Any]) -> str:
@@ -54,15 +65,8 @@ def variant_name(overrides: Dict[str, Any]) -> str:
 
 def load_sweep(spec: str) -> List[Dict[str, Any]]:
   """The variants of `path.py[:arg]`; errors name the file."""
-  path, _, arg = spec.partition(":")
-  if not os.path.isfile(path):
-    raise config_lib.ConfigError(f"sweep file not found: {path}")
-  module_spec = importlib.util.spec_from_file_location("fcam_sweep", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  if not hasattr(module, "get_sweep"):
-    raise config_lib.ConfigError(f"{path} has no get_sweep(arg=None)")
-  variants = list(module.get_sweep(arg or None))
+  path = spec.partition(":")[0]
+  variants = list(cli.load_python_file(spec, "get_sweep", kind="sweep"))
   if not variants:
     raise config_lib.ConfigError(f"{path}: get_sweep() returned no variants")
   names = [variant_name(v) for v in variants]
@@ -70,29 +74,6 @@ def load_sweep(spec: str) -> List[Dict[str, Any]]:
   if dupes:
     raise config_lib.ConfigError(f"{path}: variants share the names {', '.join(dupes)}")
   return variants
-
-
-def apply_overrides(config: ml_collections.ConfigDict, overrides: Dict[str, Any],
-                    source: str = "sweep") -> ml_collections.ConfigDict:
-  """A validated copy of `config` with `overrides`; unknown keys and bad types name the key."""
-  config = ml_collections.ConfigDict(config.to_dict())
-  for key, value in overrides.items():
-    if key == "name":
-      continue
-    node, parts = config, key.split(".")
-    for i, part in enumerate(parts):
-      if not isinstance(node, ml_collections.ConfigDict) or part not in node:
-        raise config_lib.ConfigError(f"{source}: unknown config key 'config.{key}'")
-      if i < len(parts) - 1:
-        node = node[part]
-    try:
-      node[parts[-1]] = value
-    except (TypeError, ValueError) as e:
-      raise config_lib.ConfigError(f"{source}: config.{key}={value!r}: {e}") from e
-  try:
-    return config_lib.validate(config)
-  except config_lib.ConfigError as e:
-    raise config_lib.ConfigError(f"{source}: {e}") from e
 
 
 def stage2_only(variants: Sequence[Dict[str, Any]]) -> bool:
@@ -142,23 +123,23 @@ def plan(config: ml_collections.ConfigDict, variants: Sequence[Dict[str, Any]], 
   if shared:
     jobs.append({"name": "classifier", "overrides": {"stages": "stage1"}, "shared": True,
                  "workdir": os.path.join(workdir, "classifier"),
-                 "config": apply_overrides(config, {"stages": "stage1"})})
+                 "config": config_lib.override(config, {"stages": "stage1"}, "sweep")})
   for v in variants:
     name = variant_name(v)
-    overrides = dict(v)
+    overrides = {k: x for k, x in v.items() if k != "name"}
     if shared:
       overrides.update({"stages": "stage2", "stage2.classifier_checkpoint": os.path.join(
           workdir, "classifier", "stage1", "checkpoints")})
     jobs.append({"name": name, "overrides": {k: x for k, x in v.items() if k != "name"},
                  "workdir": os.path.join(workdir, name), "shared": False,
-                 "config": apply_overrides(config, overrides, source=f"variant {name}")})
+                 "config": config_lib.override(config, overrides, f"variant {name}")})
   return jobs
 
 
 def _metrics(results: Dict) -> Dict[str, Dict[str, float]]:
   s2, s1 = results.get("stage2", {}).get("test", {}), results.get("stage1", {}).get("test", {})
   out = {"cam": s2.get("cam") or s1.get("cam") or {}, "fcam": s2.get("fcam") or {}}
-  return {k: {m: float(v[m]) for m in TABLE_METRICS if isinstance(v.get(m), (int, float))}
+  return {k: {m: float(v[m]) for m in metrics.REPORTED if isinstance(v.get(m), (int, float))}
           for k, v in out.items()}
 
 
@@ -171,7 +152,7 @@ def table(jobs: Sequence[Dict[str, Any]]) -> tuple:
       continue
     with open(path) as f:
       rows.append((job, _metrics(json.load(f))))
-  columns = [(kind, m) for kind in ("cam", "fcam") for m in TABLE_METRICS
+  columns = [(kind, m) for kind in ("cam", "fcam") for m in metrics.REPORTED
              if any(m in r[kind] for _, r in rows)]
   keys = sorted({k for job, _ in rows for k in job["overrides"]})
   md = ["| variant | " + " | ".join(keys + [f"{'F-CAM' if k == 'fcam' else 'CAM'} {m}"
@@ -191,10 +172,8 @@ def table(jobs: Sequence[Dict[str, Any]]) -> tuple:
 
 def _write_tables(workdir: str, jobs):
   md, text = table(jobs)
-  with open(os.path.join(workdir, "sweep.md"), "w") as f:
-    f.write(md)
-  with open(os.path.join(workdir, "sweep.csv"), "w") as f:
-    f.write(text)
+  files.write_atomic(os.path.join(workdir, "sweep.md"), md)
+  files.write_atomic(os.path.join(workdir, "sweep.csv"), text)
   return md
 
 
@@ -220,15 +199,14 @@ def run_sweep(config: ml_collections.ConfigDict, variants: Sequence[Dict[str, An
               workdir: str, only: Sequence[str] = (), shard: str = "",
               dry_run: bool = False) -> Dict[str, str]:
   """Runs the selected variants; returns {name: 'done' | 'skipped' | 'failed: ...'}."""
-  from fcam_jax import train  # pylint: disable=g-import-not-at-top
   jobs = plan(config, variants, workdir)
   picked = select(jobs, only, shard)
   for job in picked:
     _check_saved_config(job["workdir"], job["config"])
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "sweep.json"), "w") as f:
-    json.dump([{"name": j["name"], "overrides": j["overrides"], "workdir": j["workdir"]}
-               for j in jobs], f, indent=2, default=str)
+  files.write_json(os.path.join(workdir, "sweep.json"),
+                   [{"name": j["name"], "overrides": j["overrides"], "workdir": j["workdir"]}
+                    for j in jobs])
   status = {}
   for i, job in enumerate(picked):
     line = f"[{i + 1}/{len(picked)}] {job['name']}: {job['workdir']}"
@@ -258,28 +236,21 @@ def run_sweep(config: ml_collections.ConfigDict, variants: Sequence[Dict[str, An
 
 def main(argv):
   if len(argv) > 1:
-    main_lib.fail(f"unexpected arguments: {' '.join(argv[1:])}")
-  if not _SWEEP.value:
-    main_lib.fail("--sweep is required")
+    cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
+  f = flags.FLAGS
+  if not f.sweep:
+    cli.fail("--sweep is required")
   try:
-    config = config_lib.validate(main_lib.CONFIG.value)
-    from fcam_jax import distributed  # pylint: disable=g-import-not-at-top
+    config = config_lib.validate(f.config)
     distributed.initialize_from_config(config)
-    variants = load_sweep(_SWEEP.value)
-    status = run_sweep(config, variants, main_lib.WORKDIR.value, _ONLY.value,
-                       _SHARD.value, _DRY_RUN.value)
-  except config_lib.ConfigError as e:
-    main_lib.fail(str(e))
-  except Exception as e:  # pylint: disable=broad-except
-    from fcam_jax import train  # pylint: disable=g-import-not-at-top
-    if isinstance(e, train.Preempted):
-      print(str(e), file=sys.stderr)
-      sys.exit(0)
-    from fcam_jax import checkpoint, weights  # pylint: disable=g-import-not-at-top
-    if isinstance(e, (checkpoint.CheckpointNotFoundError, FileNotFoundError,
-                      weights.PretrainedError)):
-      main_lib.fail(str(e))
-    raise
+    variants = load_sweep(f.sweep)
+    status = run_sweep(config, variants, f.workdir, f.only, f.shard, f.dry_run)
+  except train.Preempted as e:
+    print(str(e), file=sys.stderr)
+    sys.exit(0)
+  except (config_lib.ConfigError, checkpoint.CheckpointNotFoundError, FileNotFoundError,
+          weights.PretrainedError) as e:
+    cli.fail(str(e))
   failed = {k: v for k, v in status.items() if v.startswith("failed")}
   for name, why in failed.items():
     print(f"error: variant {name} {why}", file=sys.stderr)
@@ -287,4 +258,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=main_lib.parse_flags)
+  define_flags()
+  app.run(main, flags_parser=cli.parse_config_flags)

@@ -19,7 +19,7 @@ def main(out, kind="pmap", process_id=None, num_processes=None, port=None):
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from fcam_jax import models, optim, parallel, steps  # pylint: disable=g-import-not-at-top
+  from fcam_jax import models, optim, parallel, stage1, steps  # pylint: disable=g-import-not-at-top
 
   par = parallel.DataParallel(kind)
   cfg = ml_collections.ConfigDict(dict(backbone="small", num_classes=3))
@@ -35,7 +35,7 @@ def main(out, kind="pmap", process_id=None, num_processes=None, port=None):
                            batch_stats=variables["batch_stats"],
                            opt_state=tx.init(variables["params"]),
                            rng=jax.random.key_data(key), aux={})
-  train_step = par.step(functools.partial(steps.classifier_train_step, model=model, tx=tx),
+  train_step = par.step(functools.partial(stage1.classifier_train_step, model=model, tx=tx),
                         specs=(False, True))
   state_r = par.replicate(state)
   rng = np.random.default_rng(0)

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fcam_jax import checkpoint, losses, train
+from fcam_jax import checkpoint, loop, losses, train
 from tests.conftest import REPO, tiny_config
 
 
@@ -165,8 +165,8 @@ def test_unwritable_or_full_workdir_is_refused_before_training(tmp_path, data_di
   config = tiny_config(data_dir, stages="stage1")
   with pytest.raises(OSError, match="a_file"):
     train.train_and_evaluate(config, str(blocker / "workdir"))
-  real = train.shutil.disk_usage
-  monkeypatch.setattr(train.shutil, "disk_usage",
+  real = loop.shutil.disk_usage
+  monkeypatch.setattr(loop.shutil, "disk_usage",
                       lambda p: real(p)._replace(free=1000))  # 1000 bytes left
   workdir = tmp_path / "full"
   with pytest.raises(OSError, match=r"has 0 MiB free; its checkpoints need about \d+ MiB"):

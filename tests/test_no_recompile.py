@@ -2,7 +2,7 @@
 
 A tiny run of both stages (3 steps per epoch; stage 2 over two epochs, so the ELB's t
 changes between them; val before training and after every epoch, then test, each with
-a padded last batch) with every function `DataParallel.step` / `.maps` compiles
+a padded last batch) with every function `DataParallel.step` / `.per_example` compiles
 wrapped: a listener on jax's backend-compile event counts the compilations that
 happen inside each call. (The compiled names alone cannot tell the steps apart:
 pmap compiles every function as 'jit(_fun)', the jit backend as 'jit(body)'.)
@@ -32,7 +32,7 @@ class _Recorder:
       self.events.append((str(kwargs.get("fun_name", "")), duration))
 
   def wrap(self, make):
-    """Wraps DataParallel.step / .maps: the compiled fn is counted under fn's name."""
+    """Wraps DataParallel.step / .per_example: the compiled fn is counted under fn's name."""
     def compile_fn(par, fn, *args, **kwargs):
       compiled = make(par, fn, *args, **kwargs)
       name = getattr(fn, "func", fn).__name__
@@ -59,7 +59,8 @@ def run(tmp_path_factory, data_dir):
                        **{"stage1.epochs": 1, "stage2.epochs": 2, "eval.num_figures": 0})
   patch = pytest.MonkeyPatch()
   patch.setattr(parallel.DataParallel, "step", rec.wrap(parallel.DataParallel.step))
-  patch.setattr(parallel.DataParallel, "maps", rec.wrap(parallel.DataParallel.maps))
+  patch.setattr(parallel.DataParallel, "per_example",
+                rec.wrap(parallel.DataParallel.per_example))
   jax.monitoring.register_event_duration_secs_listener(rec.listener)
   try:
     train.train_and_evaluate(config, str(tmp_path_factory.mktemp("nocompile")))

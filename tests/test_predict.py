@@ -19,7 +19,7 @@ from fcam_jax import metrics
 from fcam_jax import models
 from fcam_jax import predict
 from fcam_jax import train
-from fcam_jax import train_fcam
+from fcam_jax import stage2
 from fcam_jax.data import images
 from fcam_jax.models import decoder as decoder_lib
 from tests.conftest import REPO, tiny_config
@@ -94,17 +94,17 @@ def _restore(directory, step):
 
 
 def _reference_maps(config, clf_vars, dec_vars, images):
-  """(logits, cam, fcam) through train_fcam.fcam_maps, the cam of the top-1 class."""
+  """(logits, cam, fcam) through stage2.fcam_maps, the cam of the top-1 class."""
   classifier = models.build_classifier(config.model)
   decoder = decoder_lib.decoder_for(models.backbone_class(config.model.backbone),
                                     config_lib.decoder_channels(config))
   variables = {"classifier": clf_vars, "decoder": dec_vars}
   batch = {"image": jnp.asarray(images), "label": jnp.zeros(len(images), jnp.int32)}
   kw = dict(classifier=classifier, decoder=decoder, config=config)
-  logits, _ = train_fcam.fcam_maps(variables, batch, None, with_cam=False, **kw)
+  logits = stage2.fcam_maps(variables, batch, None, with_cam=False, **kw)["logits"]
   batch["label"] = jnp.argmax(logits, -1)
-  return tuple(map(np.asarray, train_fcam.fcam_maps(variables, batch, jax.random.key(0),
-                                                   with_cam=True, **kw)))
+  out = stage2.fcam_maps(variables, batch, jax.random.key(0), with_cam=True, **kw)
+  return tuple(np.asarray(out[k]) for k in ("logits", "cam", "fcam"))
 
 
 def _resized(path, size):
@@ -238,10 +238,10 @@ def test_stage1_only_workdir_gives_the_cam(trained, inputs, tmp_path, monkeypatc
   image = _resized(os.path.join(inputs, "b", "color.png"), config.data.eval_size)[None]
   classifier = models.build_classifier(config.model)
   clf_vars = _restore(os.path.join(workdir, "stage1", "checkpoints"), s1["best_step"])
-  x = models.normalize(jnp.asarray(image))
+  x = models.imagenet_standardize(jnp.asarray(image))
   logits, _ = classifier.apply(clf_vars, x)
   raw = cams.compute("gradcam", classifier, clf_vars, x, jnp.argmax(logits, -1), options=config.cam)
-  expected = cams.upsample(cams.upsample(cams.normalize(raw), image.shape[1:3]), (50, 50))[0]
+  expected = cams.upsample(cams.upsample(cams.minmax_normalize(raw), image.shape[1:3]), (50, 50))[0]
   np.testing.assert_allclose(np.load(os.path.join(out, r["outputs"]["cam"])), expected, atol=2e-5)
 
 

@@ -69,7 +69,7 @@ def test_table1_layout_means_and_paper_values(tmp_path):
 
 
 def test_paper_values_are_the_published_table():
-  # Spot checks against the paper's text (SPEC §10) and Table 1's mean column.
+  # Spot checks against the paper's text (docs/design.md §10) and Table 1's mean column.
   assert report.paper_value("CUB", "MaxBoxAcc", "cam", False, "resnet50") == 71.5
   assert report.paper_value("CUB", "MaxBoxAcc", "cam", True, "inceptionv3") == 82.0
   assert report.paper_value("CUB", "MaxBoxAcc", "layercam", True, "resnet50") == 92.4

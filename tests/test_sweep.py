@@ -57,9 +57,9 @@ def test_shipped_sweeps_load_and_apply(data_dir):
 def test_bad_variants_name_the_key(data_dir, tmp_path):
   config = tiny_config(data_dir)
   with pytest.raises(config_lib.ConfigError, match="variant v: unknown config key 'config.fcam.nope'"):
-    sweep.apply_overrides(config, {"fcam.nope": 1}, source="variant v")
+    config_lib.override(config, {"fcam.nope": 1}, "variant v")
   with pytest.raises(config_lib.ConfigError, match="variant v: config.fcam.seeds.n_minus"):
-    sweep.apply_overrides(config, {"fcam.seeds.n_minus": 2.0}, source="variant v")
+    config_lib.override(config, {"fcam.seeds.n_minus": 2.0}, "variant v")
   path = tmp_path / "dupes.py"
   path.write_text("def get_sweep(arg=None):\n  return [{'seed': 1}, {'seed': 1}]\n")
   with pytest.raises(config_lib.ConfigError, match="share the names seed=1"):

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from fcam_jax import checkpoint, train, writers
+from fcam_jax import checkpoint, evaluation, train, writers
 from tests.conftest import REPO, tiny_config
 
 
@@ -131,14 +131,14 @@ def test_a_crash_in_validation_keeps_the_epoch_and_resumes_with_its_validation(
   _, config, straight = stage1_run
   straight = straight["stage1"]
 
-  real, calls = train.evaluate, []
+  real, calls = evaluation.evaluate, []
 
   def failing_evaluate(*args, **kwargs):
     calls.append(kwargs.get("label", ""))
     if len(calls) == 2:  # epoch 0 passes, epoch 1's validation fails
       raise OSError("val/00003.png: unreadable (injected)")
     return real(*args, **kwargs)
-  monkeypatch.setattr(train, "evaluate", failing_evaluate)
+  monkeypatch.setattr(evaluation, "evaluate", failing_evaluate)
   workdir = str(tmp_path / "run")
   with pytest.raises(OSError, match="injected"):
     train.train_and_evaluate(config, workdir)
@@ -146,7 +146,7 @@ def test_a_crash_in_validation_keeps_the_epoch_and_resumes_with_its_validation(
   assert ckpt.latest_step() == straight["steps_per_epoch"]  # epoch 1's training is kept
   ckpt.close()
 
-  monkeypatch.setattr(train, "evaluate", real)
+  monkeypatch.setattr(evaluation, "evaluate", real)
   resumed = train.train_and_evaluate(config, workdir)["stage1"]
   assert resumed["history"] == straight["history"]
   assert resumed["best_step"] == straight["best_step"] and resumed["test"] == straight["test"]

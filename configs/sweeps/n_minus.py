@@ -3,7 +3,7 @@ r"""n-, the fraction of the lowest-CAM pixels where background seeds are drawn.
   python -m fcam_jax.sweep --config=configs/cub.py --sweep=configs/sweeps/n_minus.py \
       --workdir=$WORK/cub_n_minus
 
-The paper picks n- on val from 0.1..0.7 in steps of 0.1 (SPEC §7); each variant trains
+The paper picks n- on val from 0.1..0.7 in steps of 0.1 (docs/design.md §7); each variant trains
 the decoder on one shared frozen classifier. `:0.1,0.3` restricts the values.
 """
 

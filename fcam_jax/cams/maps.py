@@ -7,7 +7,7 @@ import numpy as np
 from jax import lax
 
 
-def normalize(cams: jnp.ndarray) -> jnp.ndarray:
+def minmax_normalize(cams: jnp.ndarray) -> jnp.ndarray:
   """(B, h, w) -> per-image `(cam - min) / (max - min)`; a constant map -> zeros."""
   cams = cams.astype(jnp.float32)
   lo = jnp.min(cams, axis=(1, 2), keepdims=True)

@@ -1,10 +1,10 @@
-"""CAM methods (SPEC §4) as pure, batched functions of a classifier and its taps.
+"""CAM methods (docs/design.md §4) as pure, batched functions of a classifier and its taps.
 
 Notation: A = the tap's features (B, h, w, C), c = the class of each image, y_c its
 logit (pre-softmax), G = dy_c / dA. Every method returns raw (B, h, w) float32 maps
-at the tap's resolution; `maps.normalize` / `maps.upsample` come after.
+at the tap's resolution; `maps.minmax_normalize` / `maps.upsample` come after.
 
-At the last tap the WGAP head (SPEC §3) makes G = W[:, c] / (h w) everywhere, so
+At the last tap the WGAP head (docs/design.md §3) makes G = W[:, c] / (h w) everywhere, so
 gradcam = xgradcam = ReLU(cam) / (h w) and smoothgradcampp = gradcampp there.
 
 All functions trace under `jax.jit` / `jax.pmap`: the method, the tap and the
@@ -12,20 +12,17 @@ options are Python values read at trace time (close over them, or pass them as
 static arguments); there are no host callbacks and no per-image Python loops.
 """
 
-from typing import Any, Callable, Dict, NamedTuple, Optional
+from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from fcam_jax.cams.maps import normalize, upsample
+from fcam_jax.cams.maps import minmax_normalize, upsample
 from fcam_jax.models.classifier import Classifier
 from fcam_jax.models.head import cam_weights
 
-METHODS = ("cam", "gradcam", "gradcampp", "smoothgradcampp", "xgradcam", "layercam",
-           "hirescam", "scorecam", "ablationcam", "eigencam")
-
-# Defaults of the `config.cam` fields read here (== config_lib.base_config().cam).
+# The options read here, with their defaults: `config_lib.base_config().cam` holds them.
 DEFAULT_OPTIONS = {
     "gradcampp_skip_alpha_division": False,
     "smooth_samples": 4,
@@ -136,7 +133,7 @@ def gradcam(x: _Inputs):
 
 
 def gradcampp(x: _Inputs):
-  """GradCAM++ (Chattopadhyay et al., WACV 2018), SPEC §4.
+  """GradCAM++ (Chattopadhyay et al., WACV 2018), docs/design.md §4.
 
   `gradcampp_skip_alpha_division=True`: the original code's w_k = sum_ij G^2 ReLU(G).
   """
@@ -150,7 +147,7 @@ def gradcampp(x: _Inputs):
 
 
 def smoothgradcampp(x: _Inputs):
-  """Smooth-GradCAM++ (Omeiza et al., arXiv 1908.01224), SPEC §4.
+  """Smooth-GradCAM++ (Omeiza et al., arXiv 1908.01224), docs/design.md §4.
 
   n = `smooth_samples` noisy inputs; sample i is
   `images + smooth_std * jax.random.normal(jax.random.split(rng, n)[i], images.shape)`.
@@ -218,7 +215,7 @@ def scorecam(x: _Inputs):
   def scores(a_chunk):  # (B, h, w, chunk) -> (B, chunk)
     maps = jnp.moveaxis(a_chunk, -1, 1).reshape(b * chunk, h, w)
     span = jnp.max(maps, axis=(1, 2)) - jnp.min(maps, axis=(1, 2))
-    masks = normalize(upsample(maps, size)).reshape(b, chunk, *size, 1)
+    masks = minmax_normalize(upsample(maps, size)).reshape(b, chunk, *size, 1)
     masked = (images[:, None].astype(jnp.float32) * masks).astype(images.dtype)
     logits, _ = x.model.apply(x.variables, masked.reshape(b * chunk, *images.shape[1:]))
     probs = _label_logit(jax.nn.softmax(logits.astype(jnp.float32), axis=-1), labels)
@@ -234,7 +231,7 @@ def _ablation_drops(x: _Inputs, exact_head: bool = True):
   y = _label_logit(logits_from(x.a), x.labels)
   b, c = x.a.shape[0], x.a.shape[-1]
   if exact_head and x.tap == x.model.backbone.STAGES[-1]:
-    # After the last stage only the linear WGAP head (SPEC §3) remains, so zeroing
+    # After the last stage only the linear WGAP head (docs/design.md §3) remains, so zeroing
     # channel k lowers y_c by exactly W[k, c] * mean_ij A_k: no forward passes.
     w = cam_weights(x.variables["params"]).astype(jnp.float32).T[x.labels]  # (B, C)
     return y, w * jnp.mean(x.a, axis=(1, 2))
@@ -288,13 +285,17 @@ def eigencam(x: _Inputs):
   return jax.nn.relu(proj).reshape(b, h, w)
 
 
-_METHODS: Dict[str, Callable[[_Inputs], jnp.ndarray]] = {
-    "cam": cam, "gradcam": gradcam, "gradcampp": gradcampp,
-    "smoothgradcampp": smoothgradcampp, "xgradcam": xgradcam, "layercam": layercam,
-    "hirescam": hirescam, "scorecam": scorecam, "ablationcam": ablationcam,
-    "eigencam": eigencam,
+# name -> (function, display name); CAM* is the paper's name for its CAM (no ReLU).
+_METHODS: Dict[str, Tuple[Callable[[_Inputs], jnp.ndarray], str]] = {
+    "cam": (cam, "CAM*"), "gradcam": (gradcam, "GradCAM"), "gradcampp": (gradcampp, "GradCAM++"),
+    "smoothgradcampp": (smoothgradcampp, "Smooth-GradCAM++"), "xgradcam": (xgradcam, "XGradCAM"),
+    "layercam": (layercam, "LayerCAM"), "hirescam": (hirescam, "HiResCAM"),
+    "scorecam": (scorecam, "ScoreCAM"), "ablationcam": (ablationcam, "AblationCAM"),
+    "eigencam": (eigencam, "EigenCAM"),
 }
-assert tuple(_METHODS) == METHODS
+METHODS = tuple(_METHODS)
+DISPLAY_NAMES = {name: display for name, (_, display) in _METHODS.items()}
+PAPER_METHODS = METHODS[:6]  # the six of the paper's Table 1, in its order
 
 
 # ---------------------------------------------------------------------------- entry points
@@ -315,7 +316,7 @@ def compute_from_taps(method: str, model: Classifier, variables, taps: Dict[str,
     raise ValueError(f"tap {tap!r} is not among the computed taps {sorted(taps)}")
   inputs = _Inputs(model, variables, tap, taps[tap].astype(jnp.float32), jnp.asarray(labels),
                    images, rng, options)
-  return _METHODS[method](inputs).astype(jnp.float32)
+  return _METHODS[method][0](inputs).astype(jnp.float32)
 
 
 def compute(method: str, model: Classifier, variables, images, labels, *,
@@ -329,3 +330,12 @@ def compute(method: str, model: Classifier, variables, images, labels, *,
   _, taps = model.apply(variables, images)
   return compute_from_taps(method, model, variables, taps, labels, images=images, tap=tap,
                            rng=rng, options=options)
+
+
+def upsampled_maps(model: Classifier, variables, taps: Dict[str, jnp.ndarray], images, labels,
+                   rng, config) -> jnp.ndarray:
+  """The CAMs of `labels` from a forward pass's taps, by `config.method` at `config.tap`
+  (`config` is `config.cam`), min-max normalized and upsampled to the input size."""
+  raw = compute_from_taps(config.method, model, variables, taps, labels, images=images,
+                          tap=config.tap or None, rng=rng, options=config)
+  return upsample(minmax_normalize(raw.astype(jnp.float32)), images.shape[1:3])

@@ -1,4 +1,4 @@
-"""Reader of the wsolevaluation metadata layout (SPEC §8) into ImageRecords, with checks.
+"""Reader of the wsolevaluation metadata layout (docs/design.md §8) into ImageRecords, with checks.
 
 `<metadata_root>/<split>/` holds header-less comma-separated files:
 
@@ -39,11 +39,10 @@ import cv2
 import numpy as np
 
 from fcam_jax.data import images
-from fcam_jax.data.records import ImageRecord, Problem, describe
+from fcam_jax.data.records import ON_ERROR, ImageRecord, Problem, describe
 
 DATASETS = ("CUB", "OpenImages", "ILSVRC")
 FILES = ("image_ids.txt", "class_labels.txt", "image_sizes.txt", "localization.txt")
-ON_ERROR = ("fail", "skip")
 
 
 class MetadataError(ValueError):

@@ -1,4 +1,4 @@
-r"""Official CUB_200_2011 release -> the wsolevaluation metadata layout (SPEC §8).
+r"""Official CUB_200_2011 release -> the wsolevaluation metadata layout (docs/design.md §8).
 
   python -m fcam_jax.data.prepare_cub --cub_root=CUB_200_2011 --out=metadata/CUB \
       [--val_metadata=wsolevaluation/metadata/CUB/val] [--val_per_class=5] [--seed=0]

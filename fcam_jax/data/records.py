@@ -1,10 +1,13 @@
 """One image of a WSOL split, as every reader produces it and every evaluator reads it;
-and one problem with an image, as every check reports it."""
+one problem with an image, as every check reports it; what to do about problems."""
 
 import dataclasses
 from typing import Sequence, Tuple
 
 import numpy as np
+
+# `config.data.on_error`: a bad image stops the run ('fail') or is left out and listed ('skip').
+ON_ERROR = ("fail", "skip")
 
 
 @dataclasses.dataclass(frozen=True)

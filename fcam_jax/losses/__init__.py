@@ -1,4 +1,4 @@
-"""The F-CAM stage-2 loss (SPEC §6): seeds cross-entropy + dense CRF + size constraint.
+"""The F-CAM stage-2 loss (docs/design.md §6): seeds cross-entropy + dense CRF + size constraint.
 
   L = w_seeds CE_seeds + lambda_crf CRF + lambda_asc 0.5 (ELB_t(-sum S_bg) + ELB_t(-sum S_fg))
 

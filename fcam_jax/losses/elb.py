@@ -1,4 +1,4 @@
-"""Extended log-barrier (Kervadec et al.) and the F-CAM size constraint (SPEC §6).
+"""Extended log-barrier (Kervadec et al.) and the F-CAM size constraint (docs/design.md §6).
 
 For a constraint z <= 0:
 

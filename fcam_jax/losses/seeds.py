@@ -1,4 +1,4 @@
-"""Pseudo-label seeds from CAMs and the partial cross-entropy on them (SPEC §6).
+"""Pseudo-label seeds from CAMs and the partial cross-entropy on them (docs/design.md §6).
 
 Per image, from its CAM (min-max normalized, upsampled to the input size):
 

@@ -1,4 +1,4 @@
-"""WSOL evaluation, identical to the wsolevaluation benchmark (SPEC §9), on host numpy/OpenCV.
+"""WSOL evaluation, identical to the wsolevaluation benchmark (docs/design.md §9), on host numpy/OpenCV.
 
 `BoxEvaluator` (CUB, ILSVRC) and `MaskEvaluator` (OpenImages) stream over batches of
 score maps (B, S, S) in [0, 1] named by `ImageRecord.index`; `compute()` returns a flat
@@ -45,9 +45,19 @@ Merging: `state()` is a flat dict of numpy count arrays; states from several pro
 add up elementwise and `merge_state(state)` (or `merge(other)`) adds them in.
 """
 
-from fcam_jax.metrics.boxes import BoxEvaluator, box_iou, quantize, scale_boxes, threshold_ious
+from fcam_jax.metrics.boxes import (BoxEvaluator, binarize, box_iou, largest_contour_box,
+                                    quantize, scale_boxes, threshold_ious)
 from fcam_jax.metrics.common import cam_thresholds, topk_hits
 from fcam_jax.metrics.masks import MaskEvaluator, score_bins
 
-__all__ = ["BoxEvaluator", "MaskEvaluator", "box_iou", "cam_thresholds", "quantize",
+# The headline metrics reported side by side (results.json's comparison, summary.md,
+# report, sweep tables), with their display names.
+REPORTED = ("MaxBoxAcc", "MaxBoxAccV2", "PxAP", "top1_loc", "top5_loc", "top1_cls")
+DISPLAY_NAMES = {"MaxBoxAcc": "MaxBoxAcc", "MaxBoxAccV2": "MaxBoxAccV2", "PxAP": "PxAP",
+                 "top1_loc": "Top-1 Loc", "top5_loc": "Top-5 Loc", "top1_cls": "Top-1 Cls"}
+# The val metrics a run can select its checkpoint by (`config.eval.selection_metric`).
+SELECTION = ("MaxBoxAcc", "MaxBoxAccV2", "PxAP", "top1_loc", "top5_loc", "top1_cls")
+
+__all__ = ["BoxEvaluator", "DISPLAY_NAMES", "MaskEvaluator", "REPORTED", "SELECTION",
+           "binarize", "box_iou", "cam_thresholds", "largest_contour_box", "quantize",
            "scale_boxes", "score_bins", "threshold_ious", "topk_hits"]

@@ -1,4 +1,4 @@
-"""Box localization metrics of the WSOL benchmark (SPEC §9): MaxBoxAcc, MaxBoxAccV2, Top-k Loc.
+"""Box localization metrics of the WSOL benchmark (docs/design.md §9): MaxBoxAcc, MaxBoxAccV2, Top-k Loc.
 
 Per image and threshold tau the benchmark binarizes `q = uint8(map * 255)` at
 `q > int(tau * max(q))`, takes OpenCV contours (RETR_TREE, CHAIN_APPROX_SIMPLE) and
@@ -68,6 +68,27 @@ def _boxes_and_areas(contours, width: int, height: int):
   nxt[starts + lengths - 1] = starts
   cross = pts[:, 0] * pts[nxt, 1] - pts[:, 1] * pts[nxt, 0]
   return boxes, np.abs(np.add.reduceat(cross, starts))
+
+
+def binarize(q: np.ndarray, tau: float) -> np.ndarray:
+  """The evaluator's foreground of a uint8 map at threshold tau: `q > int(tau * max(q))`."""
+  return q > np.floor(np.float64(tau) * int(q.max()))
+
+
+def largest_contour_box(q: np.ndarray, tau: float) -> Optional[np.ndarray]:
+  """The evaluator's box (MaxBoxAcc) of a uint8 map at threshold tau, or None without a
+  contour (the evaluator then scores the box (0, 0, 0, 0)).
+
+  OpenCV contours of `binarize(q, tau)` (RETR_TREE, CHAIN_APPROX_SIMPLE); the first
+  contour of largest area; its box `x, y, min(x + w, W - 1), min(y + h, H - 1)`.
+  """
+  binary = binarize(q, tau).astype(np.uint8)
+  contours = cv2.findContours(binary, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[-2]
+  if not len(contours):
+    return None
+  height, width = q.shape
+  boxes, area2 = _boxes_and_areas(contours, width, height)
+  return boxes[int(np.argmax(area2))]
 
 
 def threshold_ious(q: np.ndarray, gt_boxes: np.ndarray,
@@ -158,8 +179,15 @@ class BoxEvaluator:
     r = self._records.get(index)
     return r.image_id if r is not None else f"index {index}"
 
-  def update(self, scoremaps, indices, logits: Optional[np.ndarray] = None):
-    """Adds a batch: scoremaps (B, S, S) in [0, 1], indices (B,), logits (B, K) or None."""
+  def _score(self, scoremap: np.ndarray, index: int) -> Tuple[np.ndarray, np.ndarray]:
+    return threshold_ious(quantize(scoremap), self._gt[int(index)], self.thresholds)
+
+  def update(self, scoremaps, indices, logits: Optional[np.ndarray] = None, pool=None):
+    """Adds a batch: scoremaps (B, S, S) in [0, 1], indices (B,), logits (B, K) or None.
+
+    `pool` (a concurrent.futures executor) scores the images in parallel threads
+    (OpenCV releases the GIL); the counts are the same.
+    """
     maps, idx = common.check_scoremaps(scoremaps, indices, self.map_size, self._name)
     unknown = [int(i) for i in idx if int(i) not in self._gt]
     if unknown:
@@ -170,8 +198,8 @@ class BoxEvaluator:
       hits = self.cls.update(logits, labels)
     deltas = (np.asarray(self.deltas) / 100)[:, None]
     i50 = self.deltas.index(50)
-    for b, index in enumerate(idx):
-      largest, every = threshold_ious(quantize(maps[b]), self._gt[int(index)], self.thresholds)
+    scored = (pool.map if pool is not None else map)(self._score, maps, idx)
+    for b, (largest, every) in enumerate(scored):
       ok = largest[None] >= deltas
       self.correct += ok
       self.correct_all += every[None] >= deltas

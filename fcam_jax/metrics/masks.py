@@ -1,4 +1,4 @@
-"""Pixel-wise localization metric of the WSOL benchmark (SPEC §9): PxAP on OpenImages.
+"""Pixel-wise localization metric of the WSOL benchmark (docs/design.md §9): PxAP on OpenImages.
 
 Scores are histogrammed over the ground-truth foreground and background pixels (ignore
 pixels excluded) into the bins `[tau_0, tau_1), ..., [tau_last, 1), [1, 2), [2, 3]`;
@@ -7,6 +7,7 @@ the precision-recall curve comes from the reversed cumulative sums and PxAP is t
 are not quantized.
 """
 
+import threading
 from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -85,7 +86,7 @@ class MaskEvaluator:
     self.interval = float(cam_curve_interval)
     self.thresholds = common.cam_thresholds(cam_curve_interval)
     self._records = {r.index: r for r in records} if records is not None else None
-    self._binning = _Binning(self.thresholds, self.interval)
+    self._binnings = threading.local()  # scratch buffers, one set per thread
     self.reset()
 
   def reset(self):
@@ -98,8 +99,29 @@ class MaskEvaluator:
     r = (self._records or {}).get(index)
     return r.image_id if r is not None else f"index {index}"
 
-  def update(self, scoremaps, indices, logits: Optional[np.ndarray] = None):
-    """Adds a batch: scoremaps (B, S, S) in [0, 1], indices (B,), logits (B, K) or None."""
+  def _histogram(self, scoremap: np.ndarray, index: int) -> np.ndarray:
+    """bincount of bin + nb * (0 foreground, 1 background, 2 ignored) over the map."""
+    binning = getattr(self._binnings, "value", None)
+    if binning is None:
+      binning = self._binnings.value = _Binning(self.thresholds, self.interval)
+    nb = len(self.fg_hist)
+    fg, ignore = self.mask_loader(int(index))
+    fg, ignore = np.asarray(fg, bool), np.asarray(ignore, bool)
+    if fg.shape != scoremap.shape or ignore.shape != scoremap.shape:
+      raise ValueError(f"masks of {self._name(int(index))} are {fg.shape} / {ignore.shape}; "
+                       f"the score map is {scoremap.shape}")
+    # The offset is looked up from fg + 2 * ignore (an ignore pixel in fg stays fg).
+    offsets = np.array([nb, 0, 2 * nb, 0], np.intp)  # bg, fg, ignore, fg and ignore
+    key = np.take(offsets, fg.view(np.uint8) | (ignore.view(np.uint8) << 1), mode="clip")
+    key += binning(scoremap)
+    return np.bincount(key.ravel(), minlength=3 * nb)
+
+  def update(self, scoremaps, indices, logits: Optional[np.ndarray] = None, pool=None):
+    """Adds a batch: scoremaps (B, S, S) in [0, 1], indices (B,), logits (B, K) or None.
+
+    `pool` (a concurrent.futures executor) histograms the images in parallel threads;
+    the counts are the same.
+    """
     maps, idx = common.check_scoremaps(scoremaps, indices, self.map_size, self._name)
     if logits is not None:
       if self._records is None:
@@ -109,19 +131,7 @@ class MaskEvaluator:
         raise ValueError(f"indices {missing[:5]} are not among the evaluator's records")
       self.cls.update(logits, [self._records[int(i)].label for i in idx])
     nb = len(self.fg_hist)
-    key = np.empty((self.map_size, self.map_size), np.intp)
-    offsets = np.array([nb, 0, 2 * nb, 0], np.intp)  # bg, fg, ignore, fg and ignore
-    for scoremap, index in zip(maps, idx):
-      fg, ignore = self.mask_loader(int(index))
-      fg, ignore = np.asarray(fg, bool), np.asarray(ignore, bool)
-      if fg.shape != scoremap.shape or ignore.shape != scoremap.shape:
-        raise ValueError(f"masks of {self._name(int(index))} are {fg.shape} / {ignore.shape}; "
-                         f"the score map is {scoremap.shape}")
-      # One histogram of bin + nb * (0 foreground, 1 background, 2 ignored): the
-      # offset is looked up from fg + 2 * ignore (an ignore pixel in fg stays fg).
-      np.take(offsets, fg.view(np.uint8) | (ignore.view(np.uint8) << 1), out=key, mode="clip")
-      key += self._binning(scoremap)
-      hist = np.bincount(key.ravel(), minlength=3 * nb)
+    for hist in (pool.map if pool is not None else map)(self._histogram, maps, idx):
       self.fg_hist += hist[:nb]
       self.bg_hist += hist[nb:2 * nb]
     self.count += len(idx)

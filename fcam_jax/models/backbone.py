@@ -24,10 +24,13 @@ class Backbone(nn.Module):
   CAM_TAP: ClassVar[str] = ""
   # The U-Net decoder's skip taps, shallowest first, deepest (= bottleneck) last.
   DECODER_TAPS: ClassVar[Tuple[str, ...]] = ()
-  # Stages trained at 10x the learning rate in stage 1 (SPEC §7), with the head.
+  # Stages trained at 10x the learning rate in stage 1 (docs/design.md §7), with the head.
   CLASSIFIER_GROUP: ClassVar[Tuple[str, ...]] = ()
   # Output channels of the last stage (the head's input).
   FEATURES: ClassVar[int] = 0
+  # The F-CAM decoder's block widths and whether it has a center block (docs/design.md §5).
+  DECODER_CHANNELS: ClassVar[Tuple[int, ...]] = (256, 128, 64, 32, 16)
+  DECODER_CENTER: ClassVar[bool] = False
 
   bn_axis_name: Optional[str] = None
   dtype: Any = jnp.float32

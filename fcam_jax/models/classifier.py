@@ -12,8 +12,8 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def normalize(raw_images: jnp.ndarray, dtype=jnp.float32) -> jnp.ndarray:
-  """uint8 (or 0..255 float) NHWC images -> ImageNet-normalized network input."""
+def imagenet_standardize(raw_images: jnp.ndarray, dtype=jnp.float32) -> jnp.ndarray:
+  """uint8 (or 0..255 float) NHWC images -> the network input: (x / 255 - mean) / std."""
   x = raw_images.astype(jnp.float32) / 255.0
   x = (x - jnp.asarray(IMAGENET_MEAN)) / jnp.asarray(IMAGENET_STD)
   return x.astype(dtype)

@@ -1,6 +1,5 @@
 """Layers shared by the backbones: torchvision-style conv, BatchNorm and pooling."""
 
-import functools
 from typing import Any, Optional, Sequence, Union
 
 import flax.linen as nn
@@ -60,7 +59,7 @@ def avg_pool(x, window: int, stride: int, padding: int = 0, count_include_pad: b
 
 
 class ConvBNReLU(nn.Module):
-  """Conv (no bias) -> BatchNorm -> ReLU, the building block of every backbone."""
+  """Conv (no bias) -> BatchNorm -> ReLU: the backbones' and the decoder's building block."""
   features: int
   kernel_size: IntOrPair = 3
   stride: IntOrPair = 1
@@ -68,11 +67,12 @@ class ConvBNReLU(nn.Module):
   bn_epsilon: float = 1e-5
   bn_axis_name: Optional[str] = None
   dtype: Dtype = jnp.float32
+  kernel_init: Any = nn.initializers.kaiming_normal()
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     x = Conv(self.features, self.kernel_size, self.stride, self.padding, use_bias=False,
-             dtype=self.dtype, name="conv")(x)
+             dtype=self.dtype, kernel_init=self.kernel_init, name="conv")(x)
     x = BatchNorm(train, self.bn_epsilon, self.bn_axis_name, self.dtype, name="bn")(x)
     return nn.relu(x)
 
@@ -80,4 +80,3 @@ class ConvBNReLU(nn.Module):
 xavier_uniform = nn.initializers.xavier_uniform()
 kaiming_uniform_relu = nn.initializers.variance_scaling(2.0, "fan_in", "uniform")
 kaiming_normal_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
-partial = functools.partial

@@ -1,4 +1,4 @@
-"""The F-CAM U-Net decoder (SPEC §5).
+"""The F-CAM U-Net decoder (docs/design.md §5).
 
 `UNetDecoder(channels, center)(taps, out_size, train) -> (B, H, W, 2)` logits
 (background, foreground). `taps` run shallow -> deep; the deepest is the bottleneck
@@ -13,13 +13,13 @@ Inits as segmentation_models_pytorch (the original): decoder convs kaiming-unifo
 (fan_in, ReLU gain), BN 1 / 0, head xavier-uniform with zero bias.
 """
 
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fcam_jax import config_lib
 from fcam_jax.models import common
 
 
@@ -55,18 +55,10 @@ def upsample_nearest2x(x):
   return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
 
 
-class ConvBNReLU(nn.Module):
+def _conv_bn_relu(features: int, bn_axis_name, dtype, name: str) -> common.ConvBNReLU:
   """Conv3x3 (pad 1, no bias, kaiming-uniform) -> BN -> ReLU."""
-  features: int
-  bn_axis_name: Optional[str] = None
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x, train: bool = False):
-    x = common.Conv(self.features, 3, 1, 1, use_bias=False, dtype=self.dtype,
-                    kernel_init=common.kaiming_uniform_relu, name="conv")(x)
-    x = common.BatchNorm(train, 1e-5, self.bn_axis_name, self.dtype, name="bn")(x)
-    return nn.relu(x)
+  return common.ConvBNReLU(features, bn_axis_name=bn_axis_name, dtype=dtype,
+                           kernel_init=common.kaiming_uniform_relu, name=name)
 
 
 class DecoderBlock(nn.Module):
@@ -82,7 +74,7 @@ class DecoderBlock(nn.Module):
         x = resize_bilinear_align_corners(x, skip.shape[1:3])
       x = jnp.concatenate([x, skip], axis=-1)
     for i in (1, 2):
-      x = ConvBNReLU(self.features, self.bn_axis_name, self.dtype, name=f"conv{i}")(x, train)
+      x = _conv_bn_relu(self.features, self.bn_axis_name, self.dtype, f"conv{i}")(x, train)
     return x
 
 
@@ -100,8 +92,8 @@ class UNetDecoder(nn.Module):
     x, skips = taps[-1], taps[-2::-1]
     if self.center:
       for i in (1, 2):
-        x = ConvBNReLU(x.shape[-1], self.bn_axis_name, self.dtype,
-                       name=f"center_conv{i}")(x, train)
+        x = _conv_bn_relu(x.shape[-1], self.bn_axis_name, self.dtype,
+                          f"center_conv{i}")(x, train)
     for i, features in enumerate(self.channels):
       skip = skips[i] if i < len(skips) else None
       x = DecoderBlock(features, self.bn_axis_name, self.dtype, name=f"block{i}")(
@@ -113,25 +105,17 @@ class UNetDecoder(nn.Module):
     return x.astype(jnp.float32)
 
 
-# Backbone class name -> (registry name for config_lib.DECODER_CHANNELS, center block).
-_DEFAULTS = {
-    "SmallNet": ("small", False),
-    "ResNet50": ("resnet50", False),
-    "InceptionV3": ("inceptionv3", False),
-    "VGG16": ("vgg16", True),
-}
+def skip_taps(taps, backbone) -> List[jnp.ndarray]:
+  """The decoder's inputs from a backbone's taps (its `DECODER_TAPS`), as constants: the
+  classifier is frozen in stage 2, no gradient flows into it."""
+  return [jax.lax.stop_gradient(taps[name]) for name in backbone.DECODER_TAPS]
 
 
 def decoder_for(backbone_cls, channels: Optional[Sequence[int]] = None, **kw) -> UNetDecoder:
-  """The SPEC §5 decoder for `backbone_cls` (its taps: `backbone_cls.DECODER_TAPS`).
+  """The decoder of docs/design.md §5 for `backbone_cls` (its taps: `DECODER_TAPS`).
 
-  `channels` overrides the default widths (None or empty: default); `kw` goes to
-  UNetDecoder (bn_axis_name, dtype, center).
+  `channels` overrides the backbone's `DECODER_CHANNELS` (None or empty: default);
+  `kw` goes to UNetDecoder (bn_axis_name, dtype, center).
   """
-  known = [c.__name__ for c in backbone_cls.__mro__ if c.__name__ in _DEFAULTS]
-  if not known and not channels:
-    raise ValueError(f"no default decoder for {backbone_cls.__name__}; pass `channels`")
-  name, center = _DEFAULTS[known[0]] if known else (None, False)
-  channels = tuple(channels) if channels else config_lib.DECODER_CHANNELS[name]
-  kw.setdefault("center", center)
-  return UNetDecoder(channels=channels, **kw)
+  kw.setdefault("center", backbone_cls.DECODER_CENTER)
+  return UNetDecoder(channels=tuple(channels or backbone_cls.DECODER_CHANNELS), **kw)

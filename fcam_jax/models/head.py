@@ -1,4 +1,4 @@
-"""The WGAP classification head (SPEC §3): global average pooling + dense."""
+"""The WGAP classification head (docs/design.md §3): global average pooling + dense."""
 
 import flax.linen as nn
 import jax.numpy as jnp

@@ -1,4 +1,4 @@
-"""InceptionV3 for WSOL (SPEC §2), SPG-style as wsolevaluation / F-CAM's encoder.
+"""InceptionV3 for WSOL (docs/design.md §2), SPG-style as wsolevaluation / F-CAM's encoder.
 
 torchvision's Inception3 up to Mixed_6e (no Mixed_7*, no aux head) with:
 - every 3x3 conv padded 1 (F-CAM's encoder pads Conv2d_2a_3x3 and Conv2d_4a_3x3,

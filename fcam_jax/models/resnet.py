@@ -1,4 +1,4 @@
-"""ResNet50 for WSOL (SPEC §2): torchvision v1.5, layer3 and layer4 at stride 1.
+"""ResNet50 for WSOL (docs/design.md §2): torchvision v1.5, layer3 and layer4 at stride 1.
 
 At 224x224: stem 64@112, layer1 256@56, layer2 512@28, layer3 1024@28,
 layer4 2048@28. The stem is conv1 7x7/2 + bn1 + ReLU; the 3x3/2 max-pool opens
@@ -13,6 +13,7 @@ leaf kernel/scale -> weight, bias -> bias, mean/var -> running_mean/running_var
 `layer1/block0/conv1/kernel` -> `layer1.0.conv1.weight`.
 """
 
+import functools
 from typing import Any, ClassVar, Optional, Sequence, Tuple
 
 import flax.linen as nn
@@ -34,9 +35,9 @@ class Bottleneck(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    conv = common.partial(common.Conv, use_bias=False, dtype=self.dtype,
+    conv = functools.partial(common.Conv, use_bias=False, dtype=self.dtype,
                           kernel_init=common.kaiming_normal_fan_out)
-    bn = common.partial(common.BatchNorm, train, 1e-5, self.bn_axis_name, self.dtype)
+    bn = functools.partial(common.BatchNorm, train, 1e-5, self.bn_axis_name, self.dtype)
     out_ch = self.planes * 4
     y = nn.relu(bn(name="bn1")(conv(self.planes, 1, name="conv1")(x)))
     y = nn.relu(bn(name="bn2")(conv(self.planes, 3, self.stride, 1, name="conv2")(y)))

@@ -34,6 +34,7 @@ class SmallNet(Backbone):
   DECODER_TAPS: ClassVar[Tuple[str, ...]] = ("block1", "block2", "block3", "block4")
   CLASSIFIER_GROUP: ClassVar[Tuple[str, ...]] = ("block4",)
   FEATURES: ClassVar[int] = 128
+  DECODER_CHANNELS: ClassVar[Tuple[int, ...]] = (64, 32, 16)
   WIDTHS: ClassVar[Tuple[int, ...]] = (16, 32, 64, 128)
 
   def stages(self):

@@ -1,4 +1,4 @@
-"""VGG16 for WSOL (SPEC §2), as wsolevaluation's `VggCam` ('28x28' config).
+"""VGG16 for WSOL (docs/design.md §2), as wsolevaluation's `VggCam` ('28x28' config).
 
 The 13 torchvision convs (3x3, pad 1, bias, ReLU, no BN) with pool4 and pool5
 removed, so only pool1-3 (2x2/2) remain, then the extra conv6 3x3 512->1024 + ReLU.
@@ -7,7 +7,7 @@ block4 512@28 (pool3 + conv4_x), block5 512@28 (conv5_x), conv6 1024@28.
 
 The decoder skips block1: the original encoder's feature list starts at 64@224
 and its U-Net drops the first feature ("same resolution as the input"), so the
-decoder sees 128@112, 256@56 and 1024@28 (SPEC §5's 23.1M parameters).
+decoder sees 128@112, 256@56 and 1024@28 (docs/design.md §5's 23.1M parameters).
 
 Parameter names (`torchvision_key`): `block{b}/conv{k}` is torchvision vgg16's
 `features.{i}` with i = 0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28 for
@@ -68,6 +68,8 @@ class VGG16(Backbone):
   DECODER_TAPS: ClassVar[Tuple[str, ...]] = ("block2", "block3", "conv6")
   CLASSIFIER_GROUP: ClassVar[Tuple[str, ...]] = ("conv6",)
   FEATURES: ClassVar[int] = 1024
+  DECODER_CHANNELS: ClassVar[Tuple[int, ...]] = (256, 128, 64)
+  DECODER_CENTER: ClassVar[bool] = True
   # (widths, max-pool before the block): pool4 (before block5) is removed.
   BLOCKS: ClassVar[Tuple[Tuple[Tuple[int, ...], bool], ...]] = (
       ((64, 64), False), ((128, 128), True), ((256, 256, 256), True),

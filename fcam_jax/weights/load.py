@@ -31,7 +31,7 @@ DROPPED = {
     "vgg16": ("classifier.",),
     "inceptionv3": ("fc.", "AuxLogits.", "Mixed_7a.", "Mixed_7b.", "Mixed_7c."),
 }
-# Top-level backbone modules that ImageNet models lack (SPEC §2): they keep their init.
+# Top-level backbone modules that ImageNet models lack (docs/design.md §2): they keep their init.
 NEW_LAYERS = {"resnet50": (), "vgg16": ("conv6",), "inceptionv3": ("SPG_A3_1b", "SPG_A3_2b")}
 IGNORED_SUFFIX = ".num_batches_tracked"
 

@@ -1,4 +1,4 @@
-"""fcam_jax.cams against plain-numpy references written from the formulas (SPEC §4).
+"""fcam_jax.cams against plain-numpy references written from the formulas (docs/design.md §4).
 
 The references run SmallNet in float64 numpy from the Flax variables; G comes from
 the closed form of the linear WGAP head (last tap) or from a hand-written numpy
@@ -250,7 +250,7 @@ def test_normalize():
   rs = np.random.RandomState(2)
   maps = np.stack([rs.randn(5, 6), np.full((5, 6), 3.0), -np.abs(rs.randn(5, 6)) - 1,
                    np.zeros((5, 6))]).astype(np.float32)
-  got = np.asarray(cams.normalize(jnp.asarray(maps)))
+  got = np.asarray(cams.minmax_normalize(jnp.asarray(maps)))
   assert np.all(np.isfinite(got))
   np.testing.assert_allclose(got, np_normalize(maps.astype(np.float64)), atol=1e-6)
   np.testing.assert_array_equal(got[1], 0)
@@ -328,12 +328,12 @@ def test_negative_and_constant_maps(setup):
   labels = np.full(len(LABELS), NEG_CLASS)
   raw = run(setup, "cam", labels)
   assert raw.max() < 0
-  norm = np.asarray(cams.normalize(raw))
+  norm = np.asarray(cams.minmax_normalize(raw))
   np.testing.assert_allclose(norm, np_normalize(raw.astype(np.float64)), atol=1e-6)
   for method in ("gradcam", "gradcampp", "xgradcam", "layercam", "hirescam"):
     got = run(setup, method, labels)
     np.testing.assert_array_equal(got, 0)
-    np.testing.assert_array_equal(np.asarray(cams.normalize(got)), 0)
+    np.testing.assert_array_equal(np.asarray(cams.minmax_normalize(got)), 0)
 
 
 def test_labels_are_per_image(setup):

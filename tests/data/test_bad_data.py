@@ -14,7 +14,7 @@ from PIL import Image
 import pytest
 
 from fcam_jax import config_lib
-from fcam_jax.data import checks, images, pipeline, sources
+from fcam_jax.data import images, pipeline, sources
 from fcam_jax.data.metadata import MetadataError
 from tests.conftest import REPO, tiny_config
 
@@ -393,7 +393,7 @@ def test_verify_scans_every_image_at_load(tmp_path):
       f"bad/{c}.jpg" for c in ("zero_byte", "truncated", "huge_png"))
   _eval_pass(split, config)
   assert all(e["found"] == "scan" for e in split.skipped)  # nothing left to find when read
-  assert checks.scan(split) == []
+  assert sources.scan(split) == []
 
 
 def test_checks_cli_lists_every_bad_file(tmp_path):

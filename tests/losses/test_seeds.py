@@ -1,4 +1,4 @@
-"""Seed sampling and the partial cross-entropy (SPEC §6) against numpy / OpenCV."""
+"""Seed sampling and the partial cross-entropy (docs/design.md §6) against numpy / OpenCV."""
 
 import cv2
 import jax
@@ -43,7 +43,7 @@ def ref_otsu(q):
 
 
 def ref_regions(cam, n_minus=0.1, erosion=11):
-  """SPEC §6 regions with numpy + OpenCV (cv2.erode's default border never erodes)."""
+  """docs/design.md §6 regions with numpy + OpenCV (cv2.erode's default border never erodes)."""
   h, w = cam.shape
   q = (cam * np.float32(255)).astype(np.uint8)
   if q.min() == q.max():

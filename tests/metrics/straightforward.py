@@ -1,4 +1,4 @@
-"""The WSOL metrics written plainly from their definition (SPEC §9), one threshold at a time.
+"""The WSOL metrics written plainly from their definition (docs/design.md §9), one threshold at a time.
 
 The independent reference the fast evaluators in fcam_jax.metrics are checked against
 (tests) and timed against (benchmarks/bench_metrics.py). Deliberately slow and simple.

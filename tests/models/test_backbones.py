@@ -1,4 +1,4 @@
-"""The WSOL backbones (SPEC §2): tap shapes, parameter counts, names, stage replay."""
+"""The WSOL backbones (docs/design.md §2): tap shapes, parameter counts, names, stage replay."""
 
 import flax
 import jax
@@ -16,8 +16,8 @@ from fcam_jax.models.vgg import VGG16
 
 BACKBONES = (ResNet50, VGG16, InceptionV3)
 
-# SPEC §2 at 224x224: (channels, side) of the named stages.
-SPEC_TAPS = {
+# docs/design.md §2 at 224x224: (channels, side) of the named stages.
+DESIGN_TAPS = {
     ResNet50: {"stem": (64, 112), "layer1": (256, 56), "layer2": (512, 28),
                "layer3": (1024, 28), "layer4": (2048, 28)},
     VGG16: {"block1": (64, 224), "block2": (128, 112), "block3": (256, 56),
@@ -25,8 +25,8 @@ SPEC_TAPS = {
     InceptionV3: {"Conv2d_2b_3x3": (64, 112), "Conv2d_3b_1x1": (80, 57),
                   "Mixed_5c": (288, 29), "Mixed_6e": (768, 29), "SPG_A3_2b": (1024, 29)},
 }
-# The original U-Net's inputs: VGG's 64@224 feature is dropped by its decoder (SPEC §5).
-SPEC_DECODER_TAPS = {
+# The original U-Net's inputs: VGG's 64@224 feature is dropped by its decoder (docs/design.md §5).
+DESIGN_DECODER_TAPS = {
     ResNet50: [(64, 112), (256, 56), (512, 28), (1024, 28), (2048, 28)],
     VGG16: [(128, 112), (256, 56), (1024, 28)],
     InceptionV3: [(64, 112), (80, 57), (288, 29), (768, 29), (1024, 29)],
@@ -53,10 +53,10 @@ def shapes224():
 def test_tap_shapes_224(cls, shapes224):
   taps, _ = shapes224[cls]
   assert set(taps) == set(cls.STAGES)  # every stage is a tap (eval_shape sorts dicts)
-  for name, (c, side) in SPEC_TAPS[cls].items():
+  for name, (c, side) in DESIGN_TAPS[cls].items():
     assert taps[name].shape == (2, side, side, c), name
   got = [(taps[n].shape[3], taps[n].shape[1]) for n in cls.DECODER_TAPS]
-  assert got == SPEC_DECODER_TAPS[cls]
+  assert got == DESIGN_DECODER_TAPS[cls]
 
 
 @pytest.mark.parametrize("cls", BACKBONES + (SmallNet,))

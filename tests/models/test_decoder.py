@@ -1,4 +1,4 @@
-"""The U-Net decoder (SPEC §5) against numpy references and the SPEC's sizes."""
+"""The U-Net decoder (docs/design.md §5) against numpy references and the design's sizes."""
 
 import flax
 import jax
@@ -12,14 +12,14 @@ from fcam_jax.models.resnet import ResNet50
 from fcam_jax.models.small import SmallNet
 from fcam_jax.models.vgg import VGG16
 
-# Decoder inputs at 224x224, shallow -> deep, (channels, side) (SPEC §2 / §5).
-SPEC_TAPS = {
+# Decoder inputs at 224x224, shallow -> deep, (channels, side) (docs/design.md §2 / §5).
+DESIGN_TAPS = {
     ResNet50: [(64, 112), (256, 56), (512, 28), (1024, 28), (2048, 28)],
     InceptionV3: [(64, 112), (80, 57), (288, 29), (768, 29), (1024, 29)],
     VGG16: [(128, 112), (256, 56), (1024, 28)],
     SmallNet: [(16, 224), (32, 112), (64, 56), (128, 28)],
 }
-SPEC_MILLIONS = {ResNet50: 9.0, InceptionV3: 5.7, VGG16: 23.1}
+DESIGN_MILLIONS = {ResNet50: 9.0, InceptionV3: 5.7, VGG16: 23.1}
 
 
 def np_resize_align_corners(x, size):
@@ -76,7 +76,7 @@ def test_upsample_nearest2x():
 
 
 def _decoder_shapes(cls, batch=2, dtype=jnp.float32, **kw):
-  taps = [jax.ShapeDtypeStruct((batch, s, s, c), dtype) for c, s in SPEC_TAPS[cls]]
+  taps = [jax.ShapeDtypeStruct((batch, s, s, c), dtype) for c, s in DESIGN_TAPS[cls]]
   model = dec.decoder_for(cls, **kw)
   return jax.eval_shape(
       lambda t: model.init_with_output(jax.random.key(0), t, (224, 224)), taps)
@@ -100,9 +100,9 @@ def test_decoder_shape_and_parameter_count(cls):
   assert out.shape == (2, 224, 224, 2) and out.dtype == jnp.float32
   n = sum(int(np.prod(v.shape)) for v in jax.tree.leaves(variables["params"]))
   channels = {VGG16: (256, 128, 64), SmallNet: (64, 32, 16)}.get(cls, (256, 128, 64, 32, 16))
-  assert n == _decoder_count([c for c, _ in SPEC_TAPS[cls]], channels, center=cls is VGG16)
-  if cls in SPEC_MILLIONS:
-    assert abs(n / 1e6 - SPEC_MILLIONS[cls]) < 0.1, n
+  assert n == _decoder_count([c for c, _ in DESIGN_TAPS[cls]], channels, center=cls is VGG16)
+  if cls in DESIGN_MILLIONS:
+    assert abs(n / 1e6 - DESIGN_MILLIONS[cls]) < 0.1, n
 
 
 def test_decoder_for_defaults_and_overrides():

@@ -1,7 +1,7 @@
 """Numerical parity with torchvision: a converted checkpoint gives the same features.
 
 Each torchvision model (random weights, BatchNorm in eval mode with random running
-stats) is modified into the WSOL variant of SPEC §2 here, in torch; its state dict is
+stats) is modified into the WSOL variant of docs/design.md §2 here, in torch; its state dict is
 saved as .pth and .safetensors, converted, loaded into the flax classifier, and every
 stage output (tap) and the logits of a linear head are compared on one input.
 """
@@ -48,7 +48,7 @@ def _calibrate_bn(model, forward, gen):
   model.eval()
 
 
-# --- the WSOL variants, in torch (SPEC §2) ---
+# --- the WSOL variants, in torch (docs/design.md §2) ---
 
 def resnet50_wsol():
   m = torchvision.models.resnet50(weights=None)
