@@ -10,12 +10,12 @@ import sys
 from absl import app
 from absl import flags
 from absl import logging
-import jax
 from ml_collections import config_flags
 
 from fcam_jax import checkpoint
 from fcam_jax import cli
 from fcam_jax import config_lib
+from fcam_jax import devices
 from fcam_jax import distributed
 from fcam_jax import train
 from fcam_jax import weights
@@ -41,8 +41,10 @@ def main(argv):
   except (config_lib.ConfigError, FileNotFoundError, ImportError, AttributeError,
           ValueError) as e:
     cli.fail(str(e))
-  logging.info("JAX: %d processes, %d devices (%s)", jax.process_count(), jax.device_count(),
-               jax.devices()[0].platform)
+  try:
+    devices.check(config.require_accelerator)
+  except devices.NoAcceleratorError as e:
+    cli.fail(str(e), cli.DATA)
   try:
     train.train_and_evaluate(config, flags.FLAGS.workdir)
   except train.Preempted as e:  # a checkpoint is saved: exit 0 so schedulers requeue

@@ -18,6 +18,7 @@ import jax
 import ml_collections
 
 from fcam_jax import config_lib
+from fcam_jax import devices
 from fcam_jax import figures
 from fcam_jax import files
 from fcam_jax import loop
@@ -86,6 +87,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict:
   run = loop.Run(config=config, workdir=workdir, splits=splits, writer=writer, parallel=parallel)
   results = {"config": config.to_dict(), "versions": versions(), "git_commit": git_commit(),
              "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
+             "platform": devices.describe(),
              "metric_definitions": metrics.__doc__,
              "thresholds": {"val_interval": config.eval.val_interval,
                             "test_interval": config.eval.test_interval,

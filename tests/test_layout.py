@@ -17,7 +17,7 @@ PACKAGE = "fcam_jax"
 # Lowest first; a module may import its own layer and the ones before it. Modules not
 # listed (the package __init__ files) are unconstrained.
 LAYERS = [
-    ("base", ["errors", "files", "parallel", "distributed", "writers", "optim"]),
+    ("base", ["errors", "files", "devices", "parallel", "distributed", "writers", "optim"]),
     ("data", ["data.records", "data.images", "data.metadata", "data.synthetic",
               "data.sources", "data.pipeline", "data.converters.*"]),
     ("models", ["models.*", "weights.*"]),
