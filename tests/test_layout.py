@@ -18,7 +18,7 @@ PACKAGE = "fcam_jax"
 # listed (the package __init__ files) are unconstrained.
 LAYERS = [
     ("base", ["errors", "files", "devices", "parallel", "distributed", "writers", "optim"]),
-    ("data", ["data.records", "data.images", "data.metadata", "data.synthetic",
+    ("data", ["data.records", "data.images", "data.metadata", "data.synthetic", "data.cub_like",
               "data.sources", "data.pipeline", "data.converters.*"]),
     ("models", ["models.*", "weights.*"]),
     ("maps", ["cams.*", "losses.*", "metrics.*"]),

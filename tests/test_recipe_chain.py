@@ -1,7 +1,7 @@
 """The README's CUB recipe, scaled down, through the same commands a user types.
 
-A miniature CUB_200_2011 release of synthetic birds (glyph objects, real JPEG files,
-the release's text files) -> `fcam_jax.data.prepare_cub` -> a randomly initialised
+A miniature CUB_200_2011 release of synthetic images (`fcam_jax.data.cub_like`: glyph
+objects, real JPEG files, the release's text files) -> `fcam_jax.data.prepare_cub` -> a randomly initialised
 torchvision-layout ResNet50 state dict -> `fcam_jax.weights.convert` ->
 `fcam_jax.main --config=configs/cub.py:resnet50,cam` (both stages, tiny sizes) ->
 `fcam_jax.report`.
@@ -14,40 +14,11 @@ import subprocess
 import sys
 
 import numpy as np
-from PIL import Image
 
-from fcam_jax.data import synthetic
+from fcam_jax.data import cub_like
 from fcam_jax.weights import load as weights_load
 from fcam_jax.models import resnet
 from tests.conftest import REPO
-
-CLASSES = ("001.Glyph_a", "002.Glyph_b", "003.Glyph_c")
-PER_CLASS = (8, 4)  # train, test images per class
-
-
-def make_cub_release(root: str, size: int = 48, seed: int = 0):
-  """A CUB_200_2011 folder: images/<class>/<name>.jpg and the release's four tables."""
-  tables = {"images.txt": [], "image_class_labels.txt": [], "train_test_split.txt": [],
-            "bounding_boxes.txt": []}
-  k = 0
-  for label, folder in enumerate(CLASSES):
-    for is_train, count in ((1, PER_CLASS[0]), (0, PER_CLASS[1])):
-      for i in range(count):
-        k += 1
-        rng = np.random.default_rng([seed, k])
-        image, mask = synthetic.render(rng, size, label)
-        x0, y0, x1, y1 = synthetic.box_of(mask)[0]
-        rel = f"{folder}/{folder[4:]}_{k:04d}.jpg"
-        os.makedirs(os.path.join(root, "images", folder), exist_ok=True)
-        Image.fromarray(image).save(os.path.join(root, "images", rel), quality=95)
-        tables["images.txt"].append(f"{k} {rel}")
-        tables["image_class_labels.txt"].append(f"{k} {label + 1}")
-        tables["train_test_split.txt"].append(f"{k} {is_train}")
-        tables["bounding_boxes.txt"].append(f"{k} {x0:.1f} {y0:.1f} {x1 - x0:.1f} {y1 - y0:.1f}")
-  for name, lines in tables.items():
-    with open(os.path.join(root, name), "w") as f:
-      f.write("".join(line + "\n" for line in lines))
-
 
 def random_init_resnet50_state_dict(seed: int = 0):
   """torchvision's resnet50(weights=None) init rules, by name and shape, in numpy."""
@@ -79,7 +50,8 @@ def _run(*args, timeout=900):
 
 def test_cub_recipe_end_to_end(tmp_path):
   cub = tmp_path / "CUB_200_2011"
-  make_cub_release(str(cub))
+  cub_like.write_release(str(cub), num_classes=3, train_per_class=8, test_per_class=4,
+                         size=(48, 48), quality=95)
   metadata = tmp_path / "metadata"
   out = _run("fcam_jax.data.prepare_cub", f"--cub_root={cub}", f"--out={metadata}",
              "--val_per_class=2")
@@ -98,7 +70,8 @@ def test_cub_recipe_end_to_end(tmp_path):
           "--config.stage1.epochs=1", "--config.stage2.epochs=1", "--config.stage1.batch_size=8",
           "--config.stage2.batch_size=8", "--config.eval.batch_size=8",
           "--config.eval.val_interval=0.01", "--config.eval.test_interval=0.01",
-          "--config.data.read_threads=1", "--config.fcam.crf.sigma_xy=5"]
+          "--config.data.read_threads=1",
+          "--config.fcam.crf.sigma_xy=35"]  # in 224-pixel units: 5 px at 32 px
   _run("fcam_jax.main", "--config=configs/cub.py:resnet50,cam", f"--workdir={workdir}",
        f"--config.dataset.data_root={cub / 'images'}",
        f"--config.dataset.metadata_root={metadata}", f"--config.model.pretrained={weights}",
