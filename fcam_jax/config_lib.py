@@ -22,7 +22,8 @@ from fcam_jax.data.records import ON_ERROR
 
 BACKBONES = models.BACKBONES
 CAM_METHODS = cams.METHODS
-DATASETS = ("synthetic",) + metadata.DATASETS
+DATASETS = ("synthetic",) + metadata.DATASETS  # the ones with a recipe; any name is accepted
+LOCALIZATIONS = ("boxes", "masks")
 STAGES = ("stage1", "stage2", "both")
 
 
@@ -44,7 +45,8 @@ def base_config() -> ml_collections.ConfigDict:
       coordinator_address="", num_processes=0, process_id=-1))
 
   c.dataset = ml_collections.ConfigDict()
-  c.dataset.name = "CUB"
+  c.dataset.name = "CUB"          # synthetic, CUB, OpenImages, ILSVRC, or your dataset's name
+  c.dataset.localization = "auto"  # boxes | masks (OpenImages-style); auto: masks for OpenImages
   c.dataset.data_dir = ""      # TFDS data dir (synthetic)
   c.dataset.data_root = ""     # image folder (metadata layout, docs/design.md §8)
   c.dataset.metadata_root = ""
@@ -236,7 +238,9 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Raises ConfigError (naming the key) for any value fcam_jax cannot run with."""
   _choice(config, "model.backbone", BACKBONES)
   _choice(config, "cam.method", CAM_METHODS)
-  _choice(config, "dataset.name", DATASETS)
+  _choice(config, "dataset.localization", ("auto",) + LOCALIZATIONS)
+  if not isinstance(config.dataset.name, str) or not config.dataset.name.strip():
+    raise ConfigError(f"config.dataset.name={config.dataset.name!r}: must be a non-empty name")
   _choice(config, "stages", STAGES)
   _choice(config, "parallel", parallel.BACKENDS)
   _choice(config, "data.on_error", ON_ERROR)
@@ -274,8 +278,11 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
       raise ConfigError("config.dataset.data_dir is empty: the synthetic dataset needs a TFDS data dir")
   elif not (config.dataset.data_root and config.dataset.metadata_root):
     raise ConfigError(f"config.dataset.data_root / metadata_root must be set for {config.dataset.name}")
-  if config.dataset.name == "OpenImages" and not config.dataset.mask_root:
-    raise ConfigError("config.dataset.mask_root must be set for OpenImages")
+  masks = config.dataset.localization == "masks" or (
+      config.dataset.localization == "auto" and config.dataset.name == "OpenImages")
+  if masks and config.dataset.name != "synthetic" and not config.dataset.mask_root:
+    raise ConfigError(f"config.dataset.mask_root must be set for {config.dataset.name} "
+                      "(mask localization)")
   return config
 
 

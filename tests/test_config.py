@@ -106,3 +106,20 @@ def test_pretrained_must_exist_and_fit_the_backbone(tmp_path):
   weights.write_bytes(b"")
   with pytest.raises(config_lib.ConfigError, match="small backbone"):
     tiny_config(str(tmp_path), **{"model.pretrained": str(weights)})
+
+
+def test_own_dataset_name_and_localization(tmp_path):
+  c = _load("cub")
+  c.dataset.name, c.dataset.data_root, c.dataset.metadata_root = "MyBirds", "/d", "/m"
+  config_lib.validate(c)
+  c.dataset.localization = "masks"
+  with pytest.raises(config_lib.ConfigError, match="mask_root must be set for MyBirds"):
+    config_lib.validate(c)
+  c.dataset.mask_root = "/masks"
+  config_lib.validate(c)
+  c.dataset.localization = "polygons"
+  with pytest.raises(config_lib.ConfigError, match="config.dataset.localization"):
+    config_lib.validate(c)
+  c.dataset.localization, c.dataset.name = "boxes", " "
+  with pytest.raises(config_lib.ConfigError, match="config.dataset.name"):
+    config_lib.validate(c)

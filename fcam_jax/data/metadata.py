@@ -42,6 +42,9 @@ from fcam_jax.data import images
 from fcam_jax.data.records import ON_ERROR, ImageRecord, Problem, describe
 
 DATASETS = ("CUB", "OpenImages", "ILSVRC")
+# The localization format each name reads: boxes, or OpenImages-style instance masks.
+FORMATS = {"CUB": "boxes", "ILSVRC": "boxes", "OpenImages": "masks", "boxes": "boxes",
+           "masks": "masks"}
 FILES = ("image_ids.txt", "class_labels.txt", "image_sizes.txt", "localization.txt")
 
 
@@ -234,9 +237,13 @@ def _check_mask_files(path: str, ids, masks, ignores, sizes, found):
 
 def read_split_with_problems(dataset: str, metadata_root: str, split: str, data_root: str = "",
                              mask_root: str = "", check_files: bool = True,
-                             num_classes: Optional[int] = None, on_error: str = "fail"
-                             ) -> Tuple[List[ImageRecord], List[Problem]]:
+                             num_classes: Optional[int] = None, on_error: str = "fail",
+                             name: str = "") -> Tuple[List[ImageRecord], List[Problem]]:
   """The records of `<metadata_root>/<split>` and the problems of its images.
+
+  `dataset` names the format (`FORMATS`): 'CUB', 'ILSVRC' or 'boxes' for box
+  localization, 'OpenImages' or 'masks' for instance masks; `name` (default `dataset`)
+  is the dataset's name, for the `<metadata_root>/<name>/<split>` layout.
 
   Records are in image_ids.txt order; `index` is the position among those kept.
   on_error: 'fail' raises one MetadataError listing every per-image problem (the
@@ -246,20 +253,21 @@ def read_split_with_problems(dataset: str, metadata_root: str, split: str, data_
   image headers where they are needed (box or mask ground truth). Otherwise no file but
   the metadata is opened and missing sizes are 0.
   """
-  if dataset not in DATASETS:
-    raise MetadataError(f"unknown dataset {dataset!r}; one of {', '.join(DATASETS)}")
+  if dataset not in FORMATS:
+    raise MetadataError(f"unknown dataset {dataset!r}; one of {', '.join(FORMATS)}")
+  masks = FORMATS[dataset] == "masks"
   if on_error not in ON_ERROR:
     raise MetadataError(f"on_error={on_error!r}: must be one of {', '.join(ON_ERROR)}")
   if check_files and not data_root:
     raise MetadataError("check_files needs data_root (the image folder)")
-  root = split_dir(metadata_root, dataset, split)
+  root = split_dir(metadata_root, name or dataset, split)
   ids_path, labels_path, sizes_path, loc_path = (os.path.join(root, f) for f in FILES)
   has_localization = os.path.isfile(loc_path)
 
   found = _Found()
   ids, positions = _read_ids(ids_path, found)
   try:
-    records = _read_records(dataset, ids, positions, found, ids_path, labels_path, sizes_path,
+    records = _read_records(masks, ids, positions, found, ids_path, labels_path, sizes_path,
                             loc_path, has_localization, data_root, mask_root, check_files,
                             num_classes)
   except MetadataError as e:
@@ -272,7 +280,7 @@ def read_split_with_problems(dataset: str, metadata_root: str, split: str, data_
   return [dataclasses.replace(r, index=k) for k, r in enumerate(kept)], found.problems
 
 
-def _read_records(dataset, ids, positions, found, ids_path, labels_path, sizes_path, loc_path,
+def _read_records(masks_format, ids, positions, found, ids_path, labels_path, sizes_path, loc_path,
                   has_localization, data_root, mask_root, check_files, num_classes):
   """Every image's record (bad ones included), adding per-image problems to `found`."""
   labels = _read_labels(labels_path, ids_path, ids, positions, num_classes, found)
@@ -286,7 +294,7 @@ def _read_records(dataset, ids, positions, found, ids_path, labels_path, sizes_p
   sizes: List[Optional[Tuple[int, int]]] = [None] * len(ids)
   if os.path.isfile(sizes_path):
     sizes = _read_sizes(sizes_path, ids_path, ids, positions, found)
-  elif check_files and (dataset != "OpenImages" or has_localization):
+  elif check_files and (not masks_format or has_localization):
     for k, path in enumerate(paths):  # OpenImages ships no sizes: read the headers
       if k in found.bad:
         continue
@@ -294,13 +302,13 @@ def _read_records(dataset, ids, positions, found, ids_path, labels_path, sizes_p
         sizes[k] = images.image_size(path)
       except images.ImageError as e:
         found.add(ids[k][0], f"{ids_path}:{ids[k][1]}", str(e), k)
-  elif dataset != "OpenImages":
+  elif not masks_format:
     raise MetadataError(f"{sizes_path}: file not found (box datasets need image sizes)")
 
   boxes: List[list] = [[] for _ in ids]
   masks: List[list] = [[] for _ in ids]
   ignores = [("", 0)] * len(ids)
-  if has_localization and dataset == "OpenImages":
+  if has_localization and masks_format:
     masks, ignores = _read_masks(loc_path, ids, positions, mask_root, found)
     if check_files:
       _check_mask_files(loc_path, ids, masks, ignores, sizes, found)
@@ -321,7 +329,7 @@ def _read_records(dataset, ids, positions, found, ids_path, labels_path, sizes_p
 
 def read_split(dataset: str, metadata_root: str, split: str, data_root: str = "",
                mask_root: str = "", check_files: bool = True,
-               num_classes: Optional[int] = None) -> List[ImageRecord]:
+               num_classes: Optional[int] = None, name: str = "") -> List[ImageRecord]:
   """The records of `<metadata_root>/<split>`, in image_ids.txt order (index = position).
 
   Any problem raises MetadataError naming its file and line (all of an image's
@@ -329,7 +337,7 @@ def read_split(dataset: str, metadata_root: str, split: str, data_root: str = ""
   check_files: as in read_split_with_problems.
   """
   return read_split_with_problems(dataset, metadata_root, split, data_root, mask_root,
-                                  check_files, num_classes, on_error="fail")[0]
+                                  check_files, num_classes, on_error="fail", name=name)[0]
 
 
 def _read_mask(path: str, size: int) -> np.ndarray:

@@ -221,12 +221,22 @@ class _ImageFiles:
     return None
 
 
+def localization(config) -> str:
+  """'boxes' or 'masks': `config.dataset.localization`, 'auto' meaning masks for
+  OpenImages and boxes otherwise."""
+  value = config.dataset.get("localization", "auto")
+  if value == "auto":
+    return "masks" if config.dataset.name == "OpenImages" else "boxes"
+  return value
+
+
 def _metadata_split(name: str, records: List[ImageRecord], config, log: SkipLog) -> Split:
   loader = None
-  if config.dataset.name == "OpenImages" and name != "train":
+  masks = localization(config) == "masks"
+  if masks and name != "train":
     loader = metadata.openimages_mask_loader(records, config.data.eval_size)
   return Split(name, _ImageFiles(records, loader), records, mask_loader=loader,
-               has_boxes=config.dataset.name != "OpenImages", log=log)
+               has_boxes=not masks, log=log)
 
 
 def _log_dropped(log: SkipLog, name: str, problems: List[Problem], found: str):
@@ -265,8 +275,9 @@ def load_metadata(config, names: Sequence[str] = ("train", "val", "test")) -> Di
   d, mode, log = config.dataset, on_error(config), SkipLog()
   read = {}
   for name in names:
-    read[name] = metadata.read_split_with_problems(d.name, d.metadata_root, name, d.data_root,
-                                                   mask_root=d.mask_root, on_error="skip")
+    read[name] = metadata.read_split_with_problems(
+        localization(config), d.metadata_root, name, d.data_root, mask_root=d.mask_root,
+        on_error="skip", name=d.name)
   problems = [p for _, found in read.values() for p in found]
   if mode == "fail" and problems:
     raise metadata.MetadataError(f"{describe(problems)}\n{SKIP_HINT}")
