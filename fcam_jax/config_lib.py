@@ -7,6 +7,7 @@ Every key is described in docs/configs.md.
 """
 
 import itertools
+import math
 import os
 from typing import Any, Dict, Iterable, List, Mapping, Optional
 
@@ -101,6 +102,11 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.fcam = ml_collections.ConfigDict()
   c.fcam.decoder_channels = ()  # () = the backbone's DECODER_CHANNELS
+  # The sizes below (crf.sigma_xy, seeds.erosion / dilation, crf.weight) are for crops of
+  # reference_size pixels (the paper's 224); scale_with_image scales them to
+  # data.crop_size at run time (docs/design.md §6.4).
+  c.fcam.scale_with_image = True
+  c.fcam.reference_size = 224
   c.fcam.seeds = ml_collections.ConfigDict()
   c.fcam.seeds.n_minus = 0.1
   c.fcam.seeds.sl_max = 1
@@ -250,7 +256,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
             "stage1.lr", "stage2.lr", "eval.val_interval", "eval.test_interval",
             "cam.smooth_samples", "cam.scorecam_chunk", "cam.ablationcam_chunk",
             "fcam.crf.sigma_rgb", "fcam.crf.sigma_xy", "fcam.crf.scale", "fcam.crf.grid_cell",
-            "fcam.size.t_init", "fcam.size.t_mult", "fcam.size.t_max",
+            "fcam.size.t_init", "fcam.size.t_mult", "fcam.size.t_max", "fcam.reference_size",
             "log_every_steps", "checkpoint_every_epochs")
   _positive(config, "stage1.epochs", "stage2.epochs", "stage1.weight_decay",
             "stage2.weight_decay", "data.num_workers", "cam.smooth_std",
@@ -284,6 +290,34 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     raise ConfigError(f"config.dataset.mask_root must be set for {config.dataset.name} "
                       "(mask localization)")
   return config
+
+
+def _odd(size: float) -> int:
+  """The odd integer >= 1 nearest to `size` (halfway: the larger)."""
+  return max(1, 2 * math.floor((size - 1) / 2 + 0.5) + 1)
+
+
+def stage2_sizes(config) -> Dict[str, Any]:
+  """The stage-2 sizes used for `config.data.crop_size` crops: `config.fcam`'s values at
+  `reference_size`, scaled with the crop side when `scale_with_image` (sigma_xy and the
+  seed kernels by s / ref, the kernels rounded to odd sizes; the CRF weight, a weight
+  of a sum over pixel pairs, by (ref / s)^4) or as given otherwise."""
+  f, s = config.fcam, config.data.crop_size
+  r = s / f.reference_size if f.scale_with_image else 1.0
+  return {"crf.sigma_xy": f.crf.sigma_xy * r, "crf.weight": f.crf.weight / r ** 4,
+          "seeds.erosion": _odd(f.seeds.erosion * r) if r != 1 else f.seeds.erosion,
+          "seeds.dilation": _odd(f.seeds.dilation * r) if r != 1 else f.seeds.dilation,
+          "scale": r}
+
+
+def with_stage2_sizes(config) -> ml_collections.ConfigDict:
+  """A copy of `config` whose `fcam` holds the sizes of `stage2_sizes`."""
+  out = ml_collections.ConfigDict(config.to_dict())
+  for key, value in stage2_sizes(config).items():
+    if key != "scale":
+      section, leaf = key.split(".")
+      out.fcam[section][leaf] = value
+  return out
 
 
 def decoder_channels(config) -> tuple:

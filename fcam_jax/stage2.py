@@ -12,6 +12,7 @@ by side.
 import functools
 from typing import Dict
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import optax
@@ -67,17 +68,22 @@ def fcam_maps(variables, batch: Dict, rng, *, classifier, decoder, config, with_
                            with_cam=with_cam)
 
 
-def _summarize(out: Dict, classifier_step: int) -> Dict:
-  """The baseline CAM and F-CAM test metrics side by side."""
+def _summarize(out: Dict, classifier_step: int, sizes: Dict) -> Dict:
+  """The baseline CAM and F-CAM test metrics side by side, and the sizes trained with."""
   test = out["test"]
-  return {"classifier_step": classifier_step,
+  return {"classifier_step": classifier_step, "fcam_sizes": sizes,
           "comparison": {k: {"cam": test["cam"].get(k), "fcam": test["fcam"].get(k)}
                          for k in metrics.REPORTED if k in test["fcam"]}}
 
 
 def stage(run: loop.Run) -> loop.Stage:
   """The decoder's initial state on stage 1's best classifier, its step and maps."""
-  config, parallel = run.config, run.parallel
+  sizes = config_lib.stage2_sizes(run.config)
+  logging.info("stage2: sizes for %dx%d crops (%s): %s", run.config.data.crop_size,
+               run.config.data.crop_size,
+               f"scaled from {run.config.fcam.reference_size}" if run.config.fcam.scale_with_image
+               else "as given", ", ".join(f"{k}={v:.4g}" for k, v in sizes.items()))
+  config, parallel = config_lib.with_stage2_sizes(run.config), run.parallel
   dtype = inference.compute_dtype(config)
   backbone_cls = models.backbone_class(config.model.backbone)
   classifier = models.build_classifier(config.model, dtype=dtype)
@@ -120,4 +126,4 @@ def stage(run: loop.Run) -> loop.Stage:
       val=evaluation.MapFunction(maps[False], ("fcam",)),
       test=evaluation.MapFunction(maps[True], ("cam", "fcam")),
       end_of_epoch=end_of_epoch,
-      summarize=functools.partial(_summarize, classifier_step=clf_step))
+      summarize=functools.partial(_summarize, classifier_step=clf_step, sizes=sizes))

@@ -108,6 +108,25 @@ def test_pretrained_must_exist_and_fit_the_backbone(tmp_path):
     tiny_config(str(tmp_path), **{"model.pretrained": str(weights)})
 
 
+def test_stage2_sizes_follow_the_crop():
+  c = _load("cub")
+  assert config_lib.stage2_sizes(c) == {"crf.sigma_xy": 100.0, "crf.weight": c.fcam.crf.weight,
+                                        "seeds.erosion": 11, "seeds.dilation": 3, "scale": 1.0}
+  c.data.resize_size, c.data.crop_size = 73, 64
+  sizes = config_lib.stage2_sizes(c)
+  assert sizes["crf.sigma_xy"] == pytest.approx(100 * 64 / 224)
+  assert sizes["crf.weight"] == pytest.approx(c.fcam.crf.weight * (224 / 64) ** 4)
+  assert (sizes["seeds.erosion"], sizes["seeds.dilation"]) == (3, 1)  # 3.14 -> 3, 0.86 -> 1
+  c.data.resize_size, c.data.crop_size = 512, 448
+  sizes = config_lib.stage2_sizes(c)
+  assert (sizes["seeds.erosion"], sizes["seeds.dilation"], sizes["crf.sigma_xy"]) == (23, 7, 200)
+  scaled = config_lib.with_stage2_sizes(c)
+  assert (scaled.fcam.seeds.erosion, scaled.fcam.crf.sigma_xy) == (23, 200) and c.fcam.seeds.erosion == 11
+  c.fcam.scale_with_image = False
+  assert config_lib.stage2_sizes(c)["seeds.erosion"] == 11
+  assert config_lib.stage2_sizes(c)["crf.weight"] == c.fcam.crf.weight
+
+
 def test_own_dataset_name_and_localization(tmp_path):
   c = _load("cub")
   c.dataset.name, c.dataset.data_root, c.dataset.metadata_root = "MyBirds", "/d", "/m"
