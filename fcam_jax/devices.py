@@ -2,7 +2,8 @@
 
 A GPU machine with the CPU-only jaxlib trains on the CPU without an error, 100x slower:
 `check` names the hardware it finds and the install command that would use it, and
-with `config.require_accelerator` refuses to run.
+with `config.require_accelerator` refuses to run. `enable_compilation_cache` keeps
+XLA's compiled programs across runs (a resume after preemption, a sweep's variants).
 """
 
 import glob
@@ -20,6 +21,27 @@ INSTALL = {
 
 class NoAcceleratorError(RuntimeError):
   """config.require_accelerator is set and JAX sees only the CPU."""
+
+
+def default_cache_dir() -> str:
+  base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  return os.path.join(base, "fcam_jax", "jax")
+
+
+def enable_compilation_cache(setting: str) -> str:
+  """Turns on JAX's persistent compilation cache in `setting` ('auto': `default_cache_dir()`;
+  '': off). Programs that take over a second to compile (the steps) are cached, keyed by
+  the program, the XLA options, the jax version and the device. Returns the folder."""
+  if not setting:
+    return ""
+  path = default_cache_dir() if setting == "auto" else os.path.abspath(setting)
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as e:
+    logging.warning("compilation cache %s not usable (%s): compiling without it", path, e)
+    return ""
+  jax.config.update("jax_compilation_cache_dir", path)
+  return path
 
 
 def present_accelerator() -> Optional[str]:

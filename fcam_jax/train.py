@@ -74,6 +74,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict:
   files.check_writable(workdir, "workdir")
   if jax.process_index() == 0:
     files.write_json(os.path.join(workdir, "config.json"), config.to_dict())  # predict, sweep
+  cache = devices.enable_compilation_cache(config.get("compilation_cache", ""))
+  if cache:
+    logging.info("XLA compilation cache: %s", cache)
   writer = writers.create_writer(workdir, jax.process_index())
   writer.write_hparams(dict(config_lib.flatten(config.to_dict())))
   t0 = time.time()

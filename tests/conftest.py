@@ -31,6 +31,7 @@ def tiny_config(data_dir: str, **overrides):
   config.eval.val_interval = 0.02
   config.eval.test_interval = 0.01
   config.log_every_steps = 2
+  config.compilation_cache = ""  # tests count compilations (tests/test_no_recompile.py)
   for key, value in overrides.items():
     node = config
     *parents, leaf = key.split(".")

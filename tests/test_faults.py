@@ -31,7 +31,8 @@ def _cli(workdir, data_dir):
           "--config.stage2.batch_size=8", "--config.stage1.epochs=2", "--config.stage2.epochs=2",
           "--config.eval.batch_size=8", "--config.eval.val_interval=0.05",
           "--config.eval.test_interval=0.02", "--config.log_every_steps=1",
-          "--config.eval.num_figures=0", "--config.data.read_threads=1"]
+          "--config.eval.num_figures=0", "--config.data.read_threads=1",
+          "--config.compilation_cache="]
 
 
 ENV = dict(os.environ, PYTHONUNBUFFERED="1", JAX_PLATFORMS="cpu")
@@ -103,20 +104,29 @@ def test_sigterm_checkpoints_at_a_step_boundary_and_exits_0(tmp_path, data_dir, 
   _assert_same_run(workdir, reference)
 
 
+def _train_lines(workdir) -> int:
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return 0
+  return sum(1 for l in open(path) if "/train/" in l)
+
+
 def test_sigkill_at_random_moments_loses_nothing(tmp_path, data_dir, straight):
-  """Kill -9 the same run again and again at random times (seeded), restarting it with
-  the same command each time, then let it finish."""
-  reference, wall = straight
+  """Kill -9 the same run again and again at random moments (seeded: after a random
+  number of logged train steps, so whatever the machine's speed), restarting it with the
+  same command each time, then let it finish."""
+  reference, _ = straight
   workdir = str(tmp_path / "run")
   rng = np.random.default_rng(0)
   kills = 0
   for _ in range(3):
-    delay = rng.uniform(0.2, 0.8) * wall
+    target = _train_lines(workdir) + int(rng.integers(1, 9))
     proc = subprocess.Popen(_cli(workdir, data_dir), cwd=REPO, env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-      proc.wait(timeout=delay)
-    except subprocess.TimeoutExpired:
+    deadline = time.time() + 600
+    while proc.poll() is None and _train_lines(workdir) < target and time.time() < deadline:
+      time.sleep(0.02)
+    if proc.poll() is None:
       proc.send_signal(signal.SIGKILL)
       proc.wait()
       kills += 1
