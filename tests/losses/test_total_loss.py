@@ -179,6 +179,16 @@ def test_config_defaults_are_the_papers():
   assert all(config[name].enabled for name in TERMS)
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "config.fcam.crf.weight is the paper's 2e-9, tuned on the original's permutohedral "
+    "lattice, whose W S is about 1/1.87 of the exact kernel's that fcam_jax computes; "
+    "docs/design.md §6 asks for a default with the original's effective strength "
+    "(about 2e-9 / 1.87), so the CRF term is ~1.9x too strong by default"))
+def test_crf_default_weight_has_the_originals_effective_strength():
+  weight = config_lib.base_config().fcam.crf.weight
+  assert 2e-9 / 2.4 <= weight <= 2e-9 / 1.6, weight  # the lattice's measured 1.6-2.4x
+
+
 @pytest.mark.parametrize("t", [1.0, 2.0])
 def test_reference_gradient_matches_finite_differences(t):
   """The hand-derived reference gradient is itself right (central differences, float64)."""
@@ -299,9 +309,9 @@ def test_seeds_label_the_foreground_channel():
   block = (yy >= 10) & (yy < 20) & (xx >= 9) & (xx < 21)
   cam = np.where(block, 0.7 + 0.3 * smooth, 0.1 * smooth)
   cam = ((cam - cam.min()) / (cam.max() - cam.min())).astype(np.float32)
+  sample = jax.jit(functools.partial(losses.sample_seeds, erosion=3, dilation=1))
   for key in range(3):
-    seeds = np.asarray(losses.sample_seeds(jnp.asarray(cam[None]), jax.random.key(key),
-                                           erosion=3, dilation=1))[0]
+    seeds = np.asarray(sample(jnp.asarray(cam[None]), jax.random.key(key)))[0]
     fg, bg = np.argwhere(seeds == 1), np.argwhere(seeds == 0)
     assert len(fg) == 1 and len(bg) == 1 and (seeds >= 0).sum() == 2, seeds
     assert block[tuple(fg[0])] and not block[tuple(bg[0])], (fg, bg)
