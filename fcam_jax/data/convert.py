@@ -134,6 +134,9 @@ def _check_paths(args):
   rel = os.path.relpath(os.path.abspath(args.images), root)
   if rel == ".." or rel.startswith(".." + os.sep):
     sub.error(f"--images={args.images} is not inside --data_root={args.data_root}")
+  if args.labels_only and args.split != "train":
+    sub.error(f"--labels_only with --split={args.split}: val and test need localization "
+              "ground truth (val selects the model, test scores it)")
   if args.format == "coco" and args.masks and args.labels_only:
     sub.error("--masks and --labels_only: a labels-only split has no masks")
 

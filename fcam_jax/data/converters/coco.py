@@ -153,10 +153,14 @@ def read(path: str, images_dir: str, data_root: str, masks: bool,
       raise ConvertError(f"{where}: iscrowd {a['iscrowd']!r} is not 0 or 1")
     by_image.setdefault(iid, []).append(a)
 
-  items, left_out = [], []
+  items, left_out, ids = [], [], {}
   for iid, img in entries.items():
     where = f"{path}: image id {iid}"
     rel, file_path = relative_id(images_dir, data_root, img["file_name"], where)
+    if rel in ids:
+      raise ConvertError(f"{where}: file_name {img['file_name']!r} is the file of image id "
+                         f"{ids[rel]} too")
+    ids[rel] = iid
     width, height = image_size(file_path, where)
     if (width, height) != (img["width"], img["height"]):
       raise ConvertError(f"{where}: {file_path} is {width}x{height}; the JSON says "

@@ -161,14 +161,15 @@ def write_split(items: Sequence[Item], left_out: Sequence[LeftOut], out: str, sp
     try:  # what the trainer will read, read as it reads it
       metadata.read_split("OpenImages" if use_masks else "CUB", stage, split, data_root,
                           mask_root=mask_stage, check_files=True, num_classes=len(classes.names))
-    except metadata.MetadataError as e:
+    except metadata.MetadataError as e:  # named as the files would have been
+      message = str(e).replace(stage, out).replace(mask_stage or stage, masks_dir or out)
       raise ConvertError("the written split does not read back: "
-                         + "; ".join(str(e).splitlines())) from e
+                         + "; ".join(message.splitlines())) from e
     classes.write()
-    split_dir = os.path.join(out, split)
-    _install(os.path.join(stage, split), split_dir)
     if use_masks:
       _install(os.path.join(mask_stage, split), os.path.join(masks_dir, split))
+    split_dir = os.path.join(out, split)
+    _install(os.path.join(stage, split), split_dir)
   finally:
     for d in (stage, mask_stage):
       if d:

@@ -22,9 +22,11 @@ difficult objects is then left out).
 """
 
 import os
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 import xml.etree.ElementTree as ET
 from xml.parsers import expat
+
+import numpy as np
 
 from fcam_jax.data.converters.common import (ConvertError, Item, LeftOut, box_problem,
                                              choose_label, class_name, image_size, outward,
@@ -34,73 +36,96 @@ DIFFICULT = ("keep", "drop")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".JPEG", ".JPG", ".PNG", ".bmp", ".tif", ".tiff")
 
 
-def parse(path: str) -> Tuple[ET.Element, Dict[ET.Element, int]]:
-  """The XML tree and each element's line; ConvertError with file:line:column if malformed."""
-  try:
-    with open(path, "rb") as f:
-      data = f.read()
-  except OSError as e:
-    raise ConvertError(f"{path}: unreadable ({e})") from e
-  parser = expat.ParserCreate()
-  stack: List[ET.Element] = []
-  roots: List[ET.Element] = []
-  lines: Dict[ET.Element, int] = {}
+class Xml:
+  """A parsed XML file: its root, and `at(element)` -> `<file>:<line of the element>`."""
 
-  def start(tag, attrs):
-    el = ET.Element(tag, attrs)
-    (stack[-1].append(el) if stack else roots.append(el))
-    stack.append(el)
-    lines[el] = parser.CurrentLineNumber
+  def __init__(self, path: str):
+    self.path = path
+    self.lines: Dict[ET.Element, int] = {}
+    self.root = self._parse()
 
-  def text(data):
-    stack[-1].text = (stack[-1].text or "") + data
+  def at(self, el: ET.Element) -> str:
+    return f"{self.path}:{self.lines[el]}"
 
-  parser.StartElementHandler = start
-  parser.EndElementHandler = lambda tag: stack.pop()
-  parser.CharacterDataHandler = text
-  try:
-    parser.Parse(data, True)
-  except expat.ExpatError as e:
-    raise ConvertError(f"{path}:{e.lineno}:{e.offset + 1}: malformed XML "
-                       f"({expat.ErrorString(e.code)})") from None
-  return roots[0], lines
+  def _parse(self) -> ET.Element:
+    """The tree, each element's line kept; ConvertError with file:line:column if malformed."""
+    try:
+      with open(self.path, "rb") as f:
+        data = f.read()
+    except OSError as e:
+      raise ConvertError(f"{self.path}: unreadable ({e})") from e
+    parser = expat.ParserCreate()
+    stack: List[ET.Element] = []
+    roots: List[ET.Element] = []
+
+    def start(tag, attrs):
+      el = ET.Element(tag, attrs)
+      (stack[-1].append(el) if stack else roots.append(el))
+      stack.append(el)
+      self.lines[el] = parser.CurrentLineNumber
+
+    def text(data):
+      stack[-1].text = (stack[-1].text or "") + data
+
+    parser.StartElementHandler = start
+    parser.EndElementHandler = lambda tag: stack.pop()
+    parser.CharacterDataHandler = text
+    try:
+      parser.Parse(data, True)
+    except expat.ExpatError as e:
+      raise ConvertError(f"{self.path}:{e.lineno}:{e.offset + 1}: malformed XML "
+                         f"({expat.ErrorString(e.code)})") from None
+    return roots[0]
+
+  def text(self, el: ET.Element, tag: str, required: bool = True) -> str:
+    """The stripped text of el's child <tag> ('' if absent and not required)."""
+    child = el.find(tag)
+    value = (child.text or "").strip() if child is not None else ""
+    if not value and required:
+      raise ConvertError(f"{self.at(el)}: <{el.tag}> has no <{tag}>")
+    return value
+
+  def number(self, el: ET.Element, tag: str) -> float:
+    text = self.text(el, tag)
+    try:
+      value = float(text)
+    except ValueError:
+      value = float("nan")
+    if not np.isfinite(value):
+      raise ConvertError(f"{self.at(el.find(tag))}: <{tag}> {text!r} is not a number")
+    return value
 
 
-def _text(el: ET.Element, tag: str, where: str, required: bool = True) -> Optional[str]:
-  child = el.find(tag)
-  value = (child.text or "").strip() if child is not None else ""
-  if not value and required:
-    raise ConvertError(f"{where}: no <{tag}>")
-  return value or None
-
-
-def _number(el: ET.Element, tag: str, where: str) -> float:
-  text = _text(el, tag, where)
-  try:
-    return float(text)
-  except ValueError:
-    raise ConvertError(f"{where}: <{tag}> {text!r} is not a number") from None
-
-
-def _image_file(root: ET.Element, xml: str, images_dir: str) -> str:
+def _image_file(xml: Xml, images_dir: str) -> str:
   """The image's name under images_dir: <filename>, else the XML's stem with an extension."""
-  name = _text(root, "filename", xml, required=False)
+  name = xml.text(xml.root, "filename", required=False)
   if name and os.path.isfile(os.path.join(images_dir, name)):
     return name
-  stem = os.path.splitext(os.path.basename(xml))[0]
+  stem = os.path.splitext(os.path.basename(xml.path))[0]
   for ext in IMAGE_EXTENSIONS:
     if os.path.isfile(os.path.join(images_dir, stem + ext)):
       return stem + ext
   tried = os.path.join(images_dir, name) + " nor " if name else ""
-  raise ConvertError(f"{xml}: no image file: neither {tried}{os.path.join(images_dir, stem)}"
+  raise ConvertError(f"{xml.path}: no image file: neither {tried}"
+                     f"{os.path.join(images_dir, stem)}"
                      f".{{{','.join(e[1:] for e in IMAGE_EXTENSIONS[:3])},...}} exists")
 
 
-def _box(obj: ET.Element, where: str, first_pixel: int, width: int, height: int):
+def _check_size(xml: Xml, path: str, width: int, height: int):
+  """A <size> that gives a size must give the image file's (else the boxes are elsewhere)."""
+  size = xml.root.find("size")
+  if size is None:
+    return
+  w, h = (xml.text(size, t, required=False) for t in ("width", "height"))
+  if w.isdigit() and h.isdigit() and int(w) and int(h) and (int(w), int(h)) != (width, height):
+    raise ConvertError(f"{xml.at(size)}: <size> {w}x{h}; the image {path} is {width}x{height}")
+
+
+def _box(xml: Xml, obj: ET.Element, first_pixel: int, width: int, height: int):
   box_el = obj.find("bndbox")
   if box_el is None:
-    raise ConvertError(f"{where}: object without <bndbox>")
-  xmin, ymin, xmax, ymax = (_number(box_el, t, where) for t in ("xmin", "ymin", "xmax", "ymax"))
+    raise ConvertError(f"{xml.at(obj)}: <object> has no <bndbox>")
+  xmin, ymin, xmax, ymax = (xml.number(box_el, t) for t in ("xmin", "ymin", "xmax", "ymax"))
   if first_pixel == 1:
     box = outward(xmin - 1, ymin - 1, xmax, ymax)
   else:
@@ -112,15 +137,15 @@ def _box(obj: ET.Element, where: str, first_pixel: int, width: int, height: int)
       hint = " (a 0 coordinate: are these XMLs 0-based? --first_pixel=0)"
     elif first_pixel == 0 and (xmax == width or ymax == height):
       hint = " (xmax = width: are these XMLs 1-based? --first_pixel=1)"
-    raise ConvertError(f"{where}: <bndbox> {xmin:g},{ymin:g},{xmax:g},{ymax:g} -> {problem}"
-                       f"{hint}")
+    raise ConvertError(f"{xml.at(box_el)}: <bndbox> {xmin:g},{ymin:g},{xmax:g},{ymax:g} -> "
+                       f"{problem}{hint}")
   return box
 
 
-def _difficult(obj: ET.Element, where: str) -> bool:
-  text = _text(obj, "difficult", where, required=False) or "0"
+def _difficult(xml: Xml, obj: ET.Element) -> bool:
+  text = xml.text(obj, "difficult", required=False) or "0"
   if text not in ("0", "1"):
-    raise ConvertError(f"{where}: <difficult> {text!r} is not 0 or 1")
+    raise ConvertError(f"{xml.at(obj.find('difficult'))}: <difficult> {text!r} is not 0 or 1")
   return text == "1"
 
 
@@ -152,43 +177,38 @@ def xml_files(annotations: str, ids_file: str = "") -> List[str]:
 def read(xmls: Sequence[str], images_dir: str, data_root: str, first_pixel: int = 1,
          difficult: str = "keep", ratio: float = 0.5) -> Tuple[List[Item], List[LeftOut]]:
   """The XMLs' images in order: the kept ones as Items, and the ones left out."""
-  items, left_out = [], []
-  for xml in xmls:
-    root, lines = parse(xml)
-    if root.tag != "annotation":
-      raise ConvertError(f"{xml}:{lines[root]}: root element <{root.tag}>; expected <annotation>")
-    name = _image_file(root, xml, images_dir)
-    rel, path = relative_id(images_dir, data_root, name, xml)
-    width, height = image_size(path, xml)
-    size = root.find("size")
-    if size is not None:
-      w, h = (_text(size, t, f"{xml}:{lines[size]}", False) for t in ("width", "height"))
-      if w and h and w.isdigit() and h.isdigit() and int(w) and int(h) and (
-          (int(w), int(h)) != (width, height)):
-        raise ConvertError(f"{xml}:{lines[size]}: <size> {w}x{h}; the image {path} is "
-                           f"{width}x{height}")
+  items, left_out, ids = [], [], {}
+  for path in xmls:
+    xml = Xml(path)
+    if xml.root.tag != "annotation":
+      raise ConvertError(f"{xml.at(xml.root)}: root element <{xml.root.tag}>; expected "
+                         "<annotation>")
+    rel, image = relative_id(images_dir, data_root, _image_file(xml, images_dir), path)
+    if rel in ids:
+      raise ConvertError(f"{path}: its image {rel!r} is {ids[rel]}'s too (one XML per image)")
+    ids[rel] = path
+    width, height = image_size(image, path)
+    _check_size(xml, image, width, height)
     objects, areas, dropped = [], {}, 0
-    for obj in root.findall("object"):
-      where = f"{xml}:{lines[obj]}"
-      label = class_name(_text(obj, "name", where), where)
-      box = _box(obj, where, first_pixel, width, height)
-      if difficult == "drop" and _difficult(obj, where):
+    for obj in xml.root.findall("object"):
+      label = class_name(xml.text(obj, "name"), xml.at(obj))
+      box = _box(xml, obj, first_pixel, width, height)
+      if _difficult(xml, obj) and difficult == "drop":
         dropped += 1
         continue
-      _difficult(obj, where)
-      objects.append((label, box, where))
+      objects.append((label, box, xml.at(obj)))
       areas[label] = areas.get(label, 0) + (box[2] - box[0]) * (box[3] - box[1])
     if not objects:
       if dropped:
-        left_out.append(LeftOut(rel, xml, "only difficult",
+        left_out.append(LeftOut(rel, path, "only difficult",
                                 f"only difficult objects ({dropped}; --difficult=drop)"))
       else:
-        left_out.append(LeftOut(rel, xml, "no object", "no object"))
+        left_out.append(LeftOut(rel, path, "no object", "no object"))
       continue
     label, why = choose_label(areas, ratio)
     if label is None:
-      left_out.append(LeftOut(rel, xml, "ambiguous", why))
+      left_out.append(LeftOut(rel, path, "ambiguous", why))
       continue
-    mine = [(box, where) for name_, box, where in objects if name_ == label]
+    mine = [(box, where) for name, box, where in objects if name == label]
     items.append(Item(rel, label, width, height, mine[0][1], boxes=[b for b, _ in mine]))
   return items, left_out
