@@ -415,7 +415,7 @@ def test_coco_masks_from_polygons_and_rle(coco_data, capsys):
                         f"--out={out}", f"--masks={masks}", "--split=val",
                         "--ambiguous_ratio=1")
   assert rc == 0
-  assert stdout.startswith("val: 3 images, 4 masks (1 ignore masks), 2 classes (class_names.txt:"
+  assert stdout.startswith("val: 3 images, 4 masks (1 ignore mask), 2 classes (class_names.txt:"
                            " 3), 2 left out (1 no annotation, 1 only crowd; listed in")
   recs = read_split("OpenImages", out, "val", images, mask_root=masks, num_classes=2)
   assert [(r.image_id, r.label) for r in recs] == [

@@ -44,16 +44,21 @@ class Written:
 
   def summary(self) -> str:
     if self.localization == "boxes":
-      truth = f"{self.boxes} boxes"
+      truth = _count(self.boxes, "box", "boxes")
     elif self.localization == "masks":
-      truth = f"{self.masks} masks ({self.ignores} ignore masks)"
+      truth = f"{_count(self.masks, 'mask')} ({_count(self.ignores, 'ignore mask')})"
     else:
       truth = f"no localization.txt ({self.why_none})"
     added = f", {self.classes_added} new" if self.classes_added else ""
     kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(self.left_out.items()))
-    return (f"{self.split}: {self.images} images, {truth}, {self.classes_used} classes "
-            f"(class_names.txt: {self.classes}{added}), {sum(self.left_out.values())} left out "
-            f"({kinds + '; ' if kinds else ''}listed in {self.left_out_path}) -> {self.split_dir}")
+    return (f"{self.split}: {_count(self.images, 'image')}, {truth}, "
+            f"{_count(self.classes_used, 'class', 'classes')} (class_names.txt: {self.classes}"
+            f"{added}), {sum(self.left_out.values())} left out ({kinds + '; ' if kinds else ''}"
+            f"listed in {self.left_out_path}) -> {self.split_dir}")
+
+
+def _count(n: int, one: str, many: str = "") -> str:
+  return f"{n} {one if n == 1 else (many or one + 's')}"
 
 
 def _mask_stem(split: str, image_id: str) -> str:
