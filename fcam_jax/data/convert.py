@@ -31,7 +31,7 @@ from typing import List, Optional
 from fcam_jax.data.converters import coco, csv_boxes, layout, voc
 from fcam_jax.data.converters.common import DEFAULT_AMBIGUOUS_RATIO, ConvertError, check_ratio
 
-SPLITS = ("train", "val", "test")
+SPLITS = layout.SPLITS
 PROG = "python -m fcam_jax.data.convert"
 
 

@@ -411,6 +411,13 @@ def test_coco_masks_from_polygons_and_rle(coco_data, capsys):
   out, masks = str(tmp / "meta"), str(tmp / "masks")
   assert _main(capsys, "coco", f"--annotations={ann}", f"--images={images}", f"--out={out}",
                "--split=train")[0] == 0  # the classes: cat, dog, person
+  # A mask split beside a box split: refused (the trainer reads one kind).
+  message = _error(capsys, "coco", f"--annotations={ann}", f"--images={images}", f"--out={out}",
+                   f"--masks={masks}", "--split=val")
+  assert message.startswith(f"{out}/train/localization.txt holds boxes; this val split would "
+                            "hold masks: a dataset has boxes or masks, not both")
+  assert _main(capsys, "coco", f"--annotations={ann}", f"--images={images}", f"--out={out}",
+               "--split=train", "--labels_only")[0] == 0
   rc, stdout, _ = _main(capsys, "coco", f"--annotations={ann}", f"--images={images}",
                         f"--out={out}", f"--masks={masks}", "--split=val",
                         "--ambiguous_ratio=1")
@@ -498,6 +505,11 @@ def test_coco_errors_name_the_json_ids(coco_data, capsys):
     d["images"][2]["file_name"] = "./000001.jpg"
   ann, message = _coco_error(coco_data, capsys, same_file)
   assert message == f"{ann}: image id 3: file_name './000001.jpg' is the file of image id 1 too"
+
+  def repeated_annotation(d):
+    d["annotations"][4]["id"] = 12
+  ann, message = _coco_error(coco_data, capsys, repeated_annotation)
+  assert message == f"{ann}: annotation id 12: repeated annotation id"
 
   def no_segmentation(d):
     del d["annotations"][0]["segmentation"]

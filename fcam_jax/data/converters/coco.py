@@ -18,6 +18,7 @@ the image's ignore mask; an image whose chosen category has only crowds is left 
 import json
 import math
 import numbers
+import re
 from typing import Dict, List, Tuple
 
 from fcam_jax.data.converters import rle
@@ -50,6 +51,7 @@ def _is_num(v) -> bool:
   return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
 
 
+_SAFE_KEY = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # an annotation id fit for a mask file name
 _KINDS = {
     "id": ("an integer or string id", lambda v: isinstance(v, (int, str))),
     "text": ("a string", lambda v: isinstance(v, str)),
@@ -141,9 +143,13 @@ def read(path: str, images_dir: str, data_root: str, masks: bool,
     entries[iid], files[name] = img, iid
     _field(img, "width", where, "size"), _field(img, "height", where, "size")
   by_image: Dict[object, List[dict]] = {}
+  seen = set()
   for k, a in enumerate(data["annotations"]):
     aid = _field(a, "id", f"{path}: annotations[{k}]", "id")
     where = f"{path}: annotation id {aid}"
+    if aid in seen:
+      raise ConvertError(f"{where}: repeated annotation id")
+    seen.add(aid)
     iid = _field(a, "image_id", where, "id")
     if iid not in entries:
       raise ConvertError(f"{where}: image_id {iid!r} is not in the images list")
@@ -192,7 +198,8 @@ def read(path: str, images_dir: str, data_root: str, masks: bool,
         raise ConvertError(f"{a_where}: bbox {[x, y, w, h]} -> {problem}")
       if masks:
         target = item.ignore if crowd else item.masks
-        target.append(Instance(str(a["id"]), _segmentation(a, a_where, height, width)))
+        key = str(a["id"]) if _SAFE_KEY.fullmatch(str(a["id"])) else f"i{len(target)}"
+        target.append(Instance(key, _segmentation(a, a_where, height, width)))
       if not (masks and crowd):
         item.boxes.append(box)
     if masks and not item.masks:

@@ -23,6 +23,7 @@ from fcam_jax.data.converters.classes import TRAIN, ClassIndex, atomic_write
 from fcam_jax.data.converters.common import ConvertError, Item, LeftOut, number_text
 
 IGNORE_SUFFIX = "_ignore.png"
+SPLITS = ("train", "val", "test")
 
 
 @dataclasses.dataclass
@@ -127,12 +128,34 @@ def _no_localization(items: Sequence[Item], split: str, labels_only: bool, masks
   return f"{missing} of {len(items)} images have no {what}; the train split needs none"
 
 
+def _localization_kind(split_dir: str) -> str:
+  """'boxes' or 'masks' by the first line of a split's localization.txt ('' if none)."""
+  try:
+    with open(os.path.join(split_dir, "localization.txt"), encoding="utf-8") as f:
+      line = next((line for line in f if line.strip()), "")
+  except (OSError, UnicodeDecodeError):
+    return ""
+  return {5: "boxes", 3: "masks"}.get(len(line.split(",")), "")
+
+
+def _check_same_kind(out: str, split: str, kind: str):
+  """A dataset is a box dataset or a mask dataset: every split's localization the same kind."""
+  for other in SPLITS:
+    found = _localization_kind(os.path.join(out, other)) if other != split else ""
+    if kind and found and found != kind:
+      raise ConvertError(
+          f"{os.path.join(out, other, 'localization.txt')} holds {found}; this {split} split "
+          f"would hold {kind}: a dataset has boxes or masks, not both (with masks: --masks for "
+          "val and test, --masks or --labels_only for train)")
+
+
 def write_split(items: Sequence[Item], left_out: Sequence[LeftOut], out: str, split: str,
                 data_root: str, masks_dir: str = "", labels_only: bool = False) -> Written:
   """Writes, checks and installs `<out>/<split>` (and `<masks_dir>/<split>`); the summary."""
   left_out = list(left_out)
   why_none = _no_localization(items, split, labels_only, bool(masks_dir))
   use_masks = bool(masks_dir) and not why_none
+  _check_same_kind(out, split, "" if why_none else ("masks" if use_masks else "boxes"))
   os.makedirs(out, exist_ok=True)
   stage = os.path.join(out, f".convert-{split}-{os.getpid()}")
   mask_stage = os.path.join(masks_dir, f".convert-{split}-{os.getpid()}") if use_masks else ""
