@@ -273,7 +273,8 @@ def test_csv_images_without_box_only_in_train(csv_data, capsys):
     ("../a.jpg,gull,0,0,1,1\n", "{csv}:3: image {tmp}/a.jpg is outside --data_root={images}"),
     ('birds/a.jpg,"gull,0,0,1,1\n',
      "{csv}:3: 2 fields; the header has 6 (image,label,x0,y0,x1,y1)"),
-])
+], ids=["field_count", "outside", "empty_box", "missing_image", "not_a_number", "partial_box",
+        "two_labels", "escapes_data_root", "open_quote"])
 def test_csv_errors_name_the_line(csv_data, capsys, rows, expected):
   tmp, images, out = csv_data
   path = _text(tmp / "bad.csv", "image,label,x0,y0,x1,y1\nbirds/a.jpg,gull,1,2,39,30\n" + rows)
