@@ -187,7 +187,7 @@ def write_split(items: Sequence[Item], left_out: Sequence[LeftOut], out: str, sp
       with open(os.path.join(stage, split, name), "w", encoding="utf-8", newline="") as f:
         f.write("".join(line + "\n" for line in lines))
     try:  # what the trainer will read, read as it reads it
-      metadata.read_split("OpenImages" if use_masks else "CUB", stage, split, data_root,
+      metadata.read_split("masks" if use_masks else "boxes", stage, split, data_root,
                           mask_root=mask_stage, check_files=True, num_classes=len(classes.names))
     except metadata.MetadataError as e:  # named as the files would have been
       message = str(e).replace(stage, out).replace(mask_stage or stage, masks_dir or out)
