@@ -293,22 +293,13 @@ def read_targets(path: str, num_classes: int) -> Dict[str, int]:
   return targets
 
 
-def _match_targets(files: List[Tuple[str, str]], targets: Dict[str, int], source: str
+def _match_targets(files: List[Tuple[str, str]], targets: Dict[str, int]
                    ) -> List[Optional[int]]:
-  """Each file's class from `targets`, keyed by its relative path, the path as given or
-  its absolute path; every file must have one."""
+  """Each file's class from `targets`, keyed by its path relative to the inputs' common
+  folder, the path as given or its absolute path; None where it has none."""
   by_abs = {os.path.abspath(k): v for k, v in targets.items()}
-  found, missing = [], []
-  for path, rel in files:
-    label = targets.get(rel, targets.get(path, by_abs.get(os.path.abspath(path))))
-    found.append(label)
-    if label is None:
-      missing.append(rel)
-  if missing:
-    raise PredictError(f"{source}: no class for {len(missing)} of the {len(files)} input files, "
-                       f"e.g. {', '.join(missing[:3])} (keys: paths relative to the inputs' "
-                       "common folder, or as given)")
-  return found
+  return [targets.get(rel, targets.get(path, by_abs.get(os.path.abspath(path))))
+          for path, rel in files]
 
 
 def run(predictor: Predictor, inputs: Sequence[str], output: str, *,
@@ -326,8 +317,13 @@ def run(predictor: Predictor, inputs: Sequence[str], output: str, *,
   t0 = time.time()
   os.makedirs(output, exist_ok=True)
   found, errors = find_images(inputs, exclude=output)
-  labels = (_match_targets(found, targets, targets_source) if targets is not None
-            else [None] * len(found))
+  labels = [None] * len(found)
+  if targets is not None:
+    labels = _match_targets(found, targets)
+    errors += [{"input": path, "reason": f"no class for it in {targets_source}"}
+               for (path, _), label in zip(found, labels) if label is None]
+    found, labels = ([f for f, l in zip(found, labels) if l is not None],
+                     [l for l in labels if l is not None])
   for e in errors:
     logging.warning("%s: %s", e["input"], e["reason"])
   total, done, last_log = len(found), 0, t0

@@ -5,6 +5,7 @@ import os
 import pytest
 
 from fcam_jax import config_lib
+from fcam_jax import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -44,3 +45,13 @@ def tiny_config(data_dir: str, **overrides):
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):
   return str(tmp_path_factory.mktemp("tfds"))
+
+
+@pytest.fixture(scope="session")
+def trained_workdir(tmp_path_factory, data_dir):
+  """(workdir, config) of a tiny run of both stages, shared by the tests that read one
+  (do not modify it: copy it)."""
+  workdir = str(tmp_path_factory.mktemp("trained_workdir"))
+  config = tiny_config(data_dir, stages="both", **{"stage1.epochs": 1, "stage2.epochs": 1})
+  train.train_and_evaluate(config, workdir)
+  return workdir, config

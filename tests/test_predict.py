@@ -12,13 +12,13 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from fcam_jax import api
 from fcam_jax import cams
 from fcam_jax import checkpoint
 from fcam_jax import config_lib
 from fcam_jax import metrics
 from fcam_jax import models
 from fcam_jax import predict
-from fcam_jax import train
 from fcam_jax import stage2
 from fcam_jax.data import images
 from fcam_jax.models import decoder as decoder_lib
@@ -36,11 +36,8 @@ BAD = {"corrupt.jpg": "unreadable", "empty.png": "zero-byte", "notes.txt": "unre
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, data_dir):
-  workdir = str(tmp_path_factory.mktemp("predict_workdir"))
-  config = tiny_config(data_dir, stages="both", **{"stage1.epochs": 1, "stage2.epochs": 1})
-  train.train_and_evaluate(config, workdir)
-  return workdir, config
+def trained(trained_workdir):
+  return trained_workdir
 
 
 def _image(mode, width, height, seed):
@@ -280,3 +277,45 @@ def test_find_images_relative_paths(tmp_path):
   assert [e["input"] for e in errors] == [str(tmp_path / "missing")]
   files, _ = predict.find_images([str(tmp_path / "d2" / "x.jpg")])
   assert [rel for _, rel in files] == ["x.jpg"]
+
+
+def test_targets_file_sets_the_class_of_each_cam(trained, inputs, tmp_path):
+  workdir, _ = trained
+  good = sorted(GOOD)
+  targets = tmp_path / "targets.csv"
+  targets.write_text("# image, class\n" + "".join(f"{rel},{i % 3}\n" for i, rel in enumerate(good)))
+  out = tmp_path / "out"
+  proc = _cli(f"--workdir={workdir}", f"--input={inputs}", f"--output={out}",
+              f"--targets={targets}", "--method=gradcam", "--nooverlay", "--batch_size=4")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  summary = json.load(open(out / "predictions.json"))
+  assert summary["cam_method"] == "gradcam" and summary["cam_class"] == str(targets)
+  # The bad files have no class: listed under errors, never processed.
+  assert sorted(os.path.relpath(e["input"], inputs) for e in summary["errors"]) == sorted(BAD)
+  by_input = {os.path.relpath(r["input"], inputs): r for r in summary["images"]}
+  localizer = api.load(workdir)
+  for i, rel in enumerate(good):
+    r = by_input[rel]
+    assert r["cam_class"] == i % 3
+    image = np.asarray(Image.open(os.path.join(inputs, rel)).convert("RGB"))
+    ref = localizer([image], targets=[i % 3], method="gradcam").maps[0]
+    np.testing.assert_allclose(np.load(out / r["outputs"]["cam"]), ref, atol=2e-5, err_msg=rel)
+  # Without a CAM, predictions.json names no CAM method.
+  proc = _cli(f"--workdir={workdir}", f"--input={os.path.join(inputs, 'gray.png')}",
+              f"--output={tmp_path / 'plain'}", "--method=gradcam", "--nooverlay")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert json.load(open(tmp_path / "plain" / "predictions.json"))["cam_method"] is None
+
+
+def test_bad_targets_files_are_one_line_errors(trained, inputs, tmp_path):
+  workdir, _ = trained
+  for text, message, code in (
+      ("a/x.jpg\n", "targets.csv:1: expected 'image path,class'", 2),
+      ("a/x.jpg,99\n", "targets.csv:1: class 99 is not in [0, 5)", 2),
+      ("elsewhere.jpg,1\n", "no image could be processed", 1)):  # no input has a class
+    (tmp_path / "targets.csv").write_text(text)
+    proc = _cli(f"--workdir={workdir}", f"--input={inputs}", f"--output={tmp_path / 'o'}",
+                f"--targets={tmp_path / 'targets.csv'}")
+    assert proc.returncode == code, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and message in last, last
