@@ -37,7 +37,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.seed = 0
   c.stages = "both"            # stage1 | stage2 | both
   c.half_precision = False     # bf16 activations, fp32 params and losses
-  c.parallel = "pmap"          # pmap | jit (jit of shard_map over a mesh); same numbers
+  c.parallel = "jit"           # jit (of shard_map over a mesh of all devices) | pmap; same numbers
   c.cpu_ynnpack = False        # XLA:CPU's YNNPACK conv fusions (XLA's default; slower here)
   c.require_accelerator = False  # refuse to run on the CPU (cluster jobs with the wrong jaxlib)
 

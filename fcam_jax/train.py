@@ -68,9 +68,20 @@ def _write_summary(results: Dict, workdir: str, writer):
   writer.write_texts(0, {"summary": table})
 
 
+def check_batch_sizes(config):
+  """Every batch must split evenly over all devices (and the eval batch over processes)."""
+  n = jax.device_count()
+  for key in ("stage1.batch_size", "stage2.batch_size", "eval.batch_size"):
+    size = config_lib.get(config, key)
+    if size % n:
+      raise config_lib.ConfigError(f"config.{key}={size} does not split over {n} devices: "
+                                   f"use a multiple of {n}")
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict:
   """Runs the stages named by `config.stages`; writes and returns `results.json`."""
   config_lib.validate(config)
+  check_batch_sizes(config)
   files.check_writable(workdir, "workdir")
   if jax.process_index() == 0:
     files.write_json(os.path.join(workdir, "config.json"), config.to_dict())  # predict, sweep

@@ -88,7 +88,7 @@ def runs(tmp_path_factory, data_dir):
   root = tmp_path_factory.mktemp("parallel")
   common = ["-m", "fcam_jax.main", *TINY, f"--config.dataset.data_dir={data_dir}"]
   # The dataset is generated once, before processes race to build it.
-  _wait([_start(common + [f"--workdir={root / 'pmap4'}"], 4)])
+  _wait([_start(common + [f"--workdir={root / 'pmap4'}", "--config.parallel=pmap"], 4)])
   port = _free_port()
   procs = [_start(common + [f"--workdir={root / 'jit4'}", "--config.parallel=jit"], 4)]
   procs += [_start(common + [f"--workdir={root / 'two'}",
