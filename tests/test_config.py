@@ -1,6 +1,7 @@
 """Configs: every shipped config loads, args select backbone/method/stage, bad values name the key."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -142,3 +143,23 @@ def test_own_dataset_name_and_localization(tmp_path):
   c.dataset.localization, c.dataset.name = "boxes", " "
   with pytest.raises(config_lib.ConfigError, match="config.dataset.name"):
     config_lib.validate(c)
+
+
+def _documented_keys(text):
+  """The keys docs/configs.md names in backticks, `a.{b,c}` forms expanded."""
+  keys = set()
+  for quoted in re.findall(r"`([\w.{},]+)`", text):
+    m = re.fullmatch(r"([\w.]*)\{([\w,]+)\}", quoted)
+    keys |= {m.group(1) + leaf for leaf in m.group(2).split(",")} if m else {quoted}
+  for row in re.findall(r"^\| `([\w.]+)`, `\.(\w+)`(?:, `\.(\w+)`)?", text, re.M):
+    base = row[0].rsplit(".", 1)[0]
+    keys |= {row[0]} | {f"{base}.{leaf}" for leaf in row[1:] if leaf}
+  return keys
+
+
+def test_every_key_is_documented():
+  text = open(os.path.join(REPO, "docs", "configs.md")).read()
+  documented = _documented_keys(text)
+  missing = [k for k, _ in config_lib.flatten(config_lib.base_config().to_dict())
+             if k not in documented]
+  assert not missing, f"keys missing from docs/configs.md: {missing}"
