@@ -84,6 +84,10 @@ class ReportError(ValueError):
   """An unreadable or incomplete results.json; the message names the file."""
 
 
+class MixedRunsError(ReportError):
+  """Runs that cannot share a table cell: other configs, or the same run twice."""
+
+
 def find_results(paths: Iterable[str]) -> List[str]:
   """The top-level `results.json` of each run under `paths` (files, workdirs or parents)."""
   found = []
@@ -159,7 +163,7 @@ def aggregate(runs: Sequence[Dict]) -> Dict[Cell, Dict[str, List[float]]]:
     differ = sorted(k for k in set(run["config"]) | set(other["config"])
                     if k not in _REPEAT_KEYS and run["config"].get(k) != other["config"].get(k))
     if differ:
-      raise ReportError(
+      raise MixedRunsError(
           f"{other['path']} and {run['path']} fill the same cell ({', '.join(key)}) but their "
           f"configs differ in {', '.join(differ[:5])}{' ...' if len(differ) > 5 else ''}: "
           "report them separately (variants of a sweep: python -m fcam_jax.sweep writes their table)")
@@ -271,13 +275,14 @@ def main(argv):
   unknown = [m for m in wanted if m not in METRICS]
   if unknown:
     cli.fail(f"--metrics: unknown {', '.join(unknown)}; known: {', '.join(METRICS)}")
-  try:
-    md, _ = report(argv[1:], out, wanted or None)
-  except ReportError as e:
-    cli.fail(str(e))
+  missing = [p for p in argv[1:] if not os.path.exists(p)]
+  if missing:
+    cli.fail(f"{missing[0]}: no such file or directory")
+  md, _ = report(argv[1:], out, wanted or None)
   print(md)
 
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  # Runs that cannot share a table (the command line's choice): 2; unreadable results: 1.
+  cli.run(main, usage_errors=(MixedRunsError,), data_errors=(ReportError, OSError))
