@@ -259,9 +259,17 @@ def run_stage(stage: Stage, run: Run) -> Dict:
   best_epoch = best // steps_per_epoch
   logging.info("%s: testing the best checkpoint (step %d, epoch %d)", name, best, best_epoch)
   recorder = figures.TestRecorder(stage.test.names, config.eval.get("num_figures", 8))
-  test = evaluation.evaluate(stage.test, stage.variables(parallel.replicate(best_state)),
-                             run.splits["test"], config, config.eval.test_interval, eval_rng,
-                             parallel=parallel, observe=recorder, label=f"{name} test")
+  scoremaps = (evaluation.ScoremapWriter(os.path.join(stage_dir, "scoremaps"),
+                                         run.splits["test"].records, stage.test.names)
+               if config.eval.get("save_scoremaps", False) else None)
+  try:
+    test = evaluation.evaluate(stage.test, stage.variables(parallel.replicate(best_state)),
+                               run.splits["test"], config, config.eval.test_interval, eval_rng,
+                               parallel=parallel, observe=evaluation.observers(recorder, scoremaps),
+                               label=f"{name} test")
+  finally:
+    if scoremaps is not None:
+      scoremaps.close()
   for map_name, metrics in test.items():
     writer.write_scalars(step, {f"{name}/test/{map_name}/{k}": v
                                 for k, v in evaluation.scalars(metrics).items()})
@@ -270,6 +278,9 @@ def run_stage(stage: Stage, run: Run) -> Dict:
          "selection_metric": selection,
          "val_at_best": next((h for h in meta["history"] if h["step"] == best), None),
          "history": meta["history"], "test": test}
+  if scoremaps is not None:  # wsolevaluation's layout, for evaluate_scoremaps
+    out["scoremaps"] = {"map_size": config.data.eval_size, "folders": {
+        k: os.path.relpath(v, run.workdir) for k, v in scoremaps.folders.items()}}
   out.update(_stage_figures(name, run, test, recorder, step))
   if stage.summarize is not None:
     out.update(stage.summarize(out))
