@@ -115,20 +115,31 @@ def scalars(metrics: Dict) -> Dict[str, float]:
 
 
 class ScoremapWriter:
-  """An `evaluate` observer saving every scored map as wsolevaluation reads them:
+  """An `evaluate` observer saving every scored map as wsolevaluation documents them:
   `<root>/<map name>/<image id without extension>.npy`, float32 in [0, 1] at the size
   scored (config.data.eval_size), written in threads, each file atomically.
 
   With several processes each writes the images of its own shard (every image once).
-  `close()` waits for the writes and raises the first error.
+  `finish()` (or `close()`) waits for the writes and raises the first error.
   """
 
-  def __init__(self, root: str, records, names, threads: int = 4):
+  def __init__(self, root: str, records, names, map_size: int, threads: int = 4):
     self.root = root
     self.records = records
+    self.map_size = int(map_size)
     self.folders = {name: os.path.join(root, name) for name in names}
     self._pool = concurrent.futures.ThreadPoolExecutor(threads)
     self._pending = []
+
+  @classmethod
+  def for_stage(cls, config, stage_dir: str, split: sources.Split, names
+                ) -> Optional["ScoremapWriter"]:
+    """The writer of a stage's test maps (`<stage_dir>/scoremaps/`), or None unless
+    `config.eval.save_scoremaps`."""
+    if not config.eval.get("save_scoremaps", False):
+      return None
+    return cls(os.path.join(stage_dir, "scoremaps"), split.records, names,
+               config.data.eval_size)
 
   def path(self, name: str, image_id: str) -> str:
     folder = self.folders[name]
@@ -164,6 +175,12 @@ class ScoremapWriter:
       self._drain()
     finally:
       self._pool.shutdown(wait=True)
+
+  def finish(self, relative_to: str) -> Dict:
+    """Closes; the stage results' entry: the map size and the folders (relative paths)."""
+    self.close()
+    return {"map_size": self.map_size, "folders": {
+        name: os.path.relpath(folder, relative_to) for name, folder in self.folders.items()}}
 
 
 def observers(*fns: Optional[Callable]) -> Callable:

@@ -137,7 +137,8 @@ CASES = [
         "--config=configs/cub.py", f"--config.dataset.data_root={p['images']}",
         "--config.dataset.metadata_root=/no/meta"], DATA, "/no/meta/train/image_ids.txt"),
     ("data.prepare_cub", "cub_root does not exist", lambda p: [
-        "--cub_root=/no/cub", f"--out={p['empty']}/m"], USAGE, "--cub_root=/no/cub: no such folder"),
+        "--cub_root=/no/cub", f"--out={p['empty']}/m"], USAGE,
+     "--cub_root=/no/cub: no such folder"),
     ("data.prepare_cub", "malformed release line", lambda p: [
         f"--cub_root={p['bad_cub']}", f"--out={p['empty']}/m"], DATA,
      "bounding_boxes.txt:3: malformed line"),
