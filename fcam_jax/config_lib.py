@@ -137,6 +137,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.iou_thresholds = (30, 50, 70)
   c.eval.selection_metric = "MaxBoxAcc"
   c.eval.num_figures = 8       # test images drawn per stage (fcam_jax/figures.py); 0: none
+  c.eval.save_scoremaps = False  # test maps to <workdir>/<stage>/scoremaps/<map>/<id>.npy
 
   c.log_every_steps = 50
   c.checkpoint_every_epochs = 1

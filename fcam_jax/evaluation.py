@@ -15,6 +15,7 @@ import jax
 from jax.experimental import multihost_utils
 import numpy as np
 
+from fcam_jax import files
 from fcam_jax import metrics as metrics_lib
 from fcam_jax import parallel as parallel_lib
 from fcam_jax import writers
@@ -111,3 +112,82 @@ def scalars(metrics: Dict) -> Dict[str, float]:
   """The scalar entries of a metrics dict (not the curves), as floats."""
   return {k: float(v) for k, v in metrics.items()
           if isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool)}
+
+
+class ScoremapWriter:
+  """An `evaluate` observer saving every scored map as wsolevaluation documents them:
+  `<root>/<map name>/<image id without extension>.npy`, float32 in [0, 1] at the size
+  scored (config.data.eval_size), written in threads, each file atomically.
+
+  With several processes each writes the images of its own shard (every image once).
+  `finish()` (or `close()`) waits for the writes and raises the first error.
+  """
+
+  def __init__(self, root: str, records, names, map_size: int, threads: int = 4):
+    self.root = root
+    self.records = records
+    self.map_size = int(map_size)
+    self.folders = {name: os.path.join(root, name) for name in names}
+    self._pool = concurrent.futures.ThreadPoolExecutor(threads)
+    self._pending = []
+
+  @classmethod
+  def for_stage(cls, config, stage_dir: str, split: sources.Split, names
+                ) -> Optional["ScoremapWriter"]:
+    """The writer of a stage's test maps (`<stage_dir>/scoremaps/`), or None unless
+    `config.eval.save_scoremaps`."""
+    if not config.eval.get("save_scoremaps", False):
+      return None
+    return cls(os.path.join(stage_dir, "scoremaps"), split.records, names,
+               config.data.eval_size)
+
+  def path(self, name: str, image_id: str) -> str:
+    folder = self.folders[name]
+    path = os.path.normpath(os.path.join(folder, os.path.splitext(image_id)[0] + ".npy"))
+    if not path.startswith(os.path.normpath(folder) + os.sep):
+      raise ValueError(f"image id {image_id!r} escapes the score-map folder {folder}")
+    return path
+
+  def _write(self, path: str, scoremap: np.ndarray):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    files.save_npy(path, scoremap)
+
+  def __call__(self, batch, maps):
+    indices = np.asarray(batch["index"])
+    for name, folder_maps in maps.items():
+      if name not in self.folders:
+        continue
+      # Clipping changes no metric: uint8(x * 255) and the PxAP bins are the same for
+      # the float32 rounding a hair outside [0, 1] that interpolation can give.
+      values = np.clip(np.asarray(folder_maps, np.float32), 0.0, 1.0)
+      for i, scoremap in zip(indices, values):
+        path = self.path(name, self.records[int(i)].image_id)
+        self._pending.append(self._pool.submit(self._write, path, scoremap))
+    if len(self._pending) > 256:  # bound the maps held in memory
+      self._drain(keep=64)
+
+  def _drain(self, keep: int = 0):
+    while len(self._pending) > keep:
+      self._pending.pop(0).result()
+
+  def close(self):
+    try:
+      self._drain()
+    finally:
+      self._pool.shutdown(wait=True)
+
+  def finish(self, relative_to: str) -> Dict:
+    """Closes; the stage results' entry: the map size and the folders (relative paths)."""
+    self.close()
+    return {"map_size": self.map_size, "folders": {
+        name: os.path.relpath(folder, relative_to) for name, folder in self.folders.items()}}
+
+
+def observers(*fns: Optional[Callable]) -> Callable:
+  """One `observe` calling each of `fns` (None entries skipped) in turn."""
+  fns = [f for f in fns if f is not None]
+
+  def observe(batch, maps):
+    for fn in fns:
+      fn(batch, maps)
+  return observe

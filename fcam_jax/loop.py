@@ -259,9 +259,12 @@ def run_stage(stage: Stage, run: Run) -> Dict:
   best_epoch = best // steps_per_epoch
   logging.info("%s: testing the best checkpoint (step %d, epoch %d)", name, best, best_epoch)
   recorder = figures.TestRecorder(stage.test.names, config.eval.get("num_figures", 8))
+  scoremaps = evaluation.ScoremapWriter.for_stage(config, stage_dir, run.splits["test"],
+                                                  stage.test.names)  # None unless asked
   test = evaluation.evaluate(stage.test, stage.variables(parallel.replicate(best_state)),
                              run.splits["test"], config, config.eval.test_interval, eval_rng,
-                             parallel=parallel, observe=recorder, label=f"{name} test")
+                             parallel=parallel, observe=evaluation.observers(recorder, scoremaps),
+                             label=f"{name} test")
   for map_name, metrics in test.items():
     writer.write_scalars(step, {f"{name}/test/{map_name}/{k}": v
                                 for k, v in evaluation.scalars(metrics).items()})
@@ -270,6 +273,8 @@ def run_stage(stage: Stage, run: Run) -> Dict:
          "selection_metric": selection,
          "val_at_best": next((h for h in meta["history"] if h["step"] == best), None),
          "history": meta["history"], "test": test}
+  if scoremaps is not None:
+    out["scoremaps"] = scoremaps.finish(run.workdir)
   out.update(_stage_figures(name, run, test, recorder, step))
   if stage.summarize is not None:
     out.update(stage.summarize(out))

@@ -31,6 +31,11 @@ def define_flags():
   flags.mark_flags_as_required(["config", "workdir"])
 
 
+# Errors of the data a run reads (exit 1); config errors (exit 2) are cli's.
+DATA_ERRORS = (metadata.MetadataError, images.ImageError, checkpoint.CheckpointNotFoundError,
+               weights.PretrainedError, devices.NoAcceleratorError, train.NonFiniteError, OSError)
+
+
 def main(argv):
   cli.quiet_libraries()
   if len(argv) > 1:
@@ -38,25 +43,17 @@ def main(argv):
   try:
     config = config_lib.validate(flags.FLAGS.config)
     distributed.initialize_from_config(config)
-  except (config_lib.ConfigError, FileNotFoundError, ImportError, AttributeError,
-          ValueError) as e:
-    cli.fail(str(e))
-  try:
-    devices.check(config.require_accelerator)
-  except devices.NoAcceleratorError as e:
-    cli.fail(str(e), cli.DATA)
+  except (FileNotFoundError, ImportError, AttributeError, ValueError) as e:
+    cli.fail(str(e))  # the config's own values (ConfigError is a ValueError)
+  devices.check(config.require_accelerator)
   try:
     train.train_and_evaluate(config, flags.FLAGS.workdir)
   except train.Preempted as e:  # a checkpoint is saved: exit 0 so schedulers requeue
     logging.warning("%s", e)
     print(str(e), file=sys.stderr)
     sys.exit(0)
-  except (config_lib.ConfigError, checkpoint.CheckpointNotFoundError, FileNotFoundError,
-          weights.PretrainedError, metadata.MetadataError, images.ImageError,
-          train.NonFiniteError, OSError) as e:
-    cli.fail(str(e))
 
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main, flags_parser=cli.parse_config_flags)
+  cli.run(main, data_errors=DATA_ERRORS, flags_parser=cli.parse_config_flags)

@@ -424,16 +424,17 @@ def main(argv):
     cli.fail(f"--threshold={f.threshold}: must be in [0, 1]")
   if f.batch_size is not None and f.batch_size <= 0:
     cli.fail(f"--batch_size={f.batch_size}: must be > 0")
-  try:
-    predictor = load_predictor(f.workdir, f.checkpoint, f.method, f.with_cam or bool(f.targets),
-                               f.batch_size)
-    targets = (read_targets(f.targets, predictor.localizer.config.model.num_classes)
-               if f.targets else None)
-    summary = predictor.run(f.input, f.output, threshold=f.threshold, overlay=f.overlay,
-                            num_threads=f.num_threads, targets=targets,
-                            targets_source=f.targets or "targets")
-  except (PredictError, FileNotFoundError) as e:
-    cli.fail(str(e))
+  if not os.path.isdir(f.workdir):
+    cli.fail(f"--workdir={f.workdir}: no such folder")
+  if f.targets and not os.path.isfile(f.targets):
+    cli.fail(f"--targets={f.targets}: no such file")
+  predictor = load_predictor(f.workdir, f.checkpoint, f.method, f.with_cam or bool(f.targets),
+                             f.batch_size)
+  targets = (read_targets(f.targets, predictor.localizer.config.model.num_classes)
+             if f.targets else None)
+  summary = predictor.run(f.input, f.output, threshold=f.threshold, overlay=f.overlay,
+                          num_threads=f.num_threads, targets=targets,
+                          targets_source=f.targets or "targets")
   if not summary["num_images"]:
     cli.fail(f"no image could be processed from {', '.join(f.input)} ({summary['num_errors']} "
              f"errors, listed in {os.path.join(f.output, 'predictions.json')})", cli.DATA)
@@ -441,4 +442,5 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  # A workdir without the checkpoints or config it needs, a malformed --targets file.
+  cli.run(main, data_errors=(PredictError, OSError))

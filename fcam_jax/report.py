@@ -1,18 +1,24 @@
 r"""Collects finished runs into the paper's tables: `python -m fcam_jax.report RUN_DIR...`.
 
-  python -m fcam_jax.report $WORK/cub_* $WORK/oi_* [--out=DIR] [--metrics=MaxBoxAcc,PxAP]
+  python -m fcam_jax.report $WORK/cub_* $WORK/oi_* [--out=DIR] [--metrics=MaxBoxAcc,PxAP] \
+      [--allow_duplicates]
 
 Each RUN_DIR is a `python -m fcam_jax.main` workdir (its `results.json`) or a folder
 searched recursively for them (a sweep or grid directory). Runs are grouped by
 dataset, CAM method and backbone (`config.dataset.name`, `config.cam.method`,
 `config.model.backbone`); repeated runs of one cell (other seeds) are averaged and
-their count and standard deviation kept in the CSV. The baseline row is the CAM of
-the classifier stage 2 used (`stage2.test.cam`), else the stage-1 test CAM; the
-"+ F-CAM" row is `stage2.test.fcam`.
+their count and standard deviation kept in the CSV. The same run found twice (two
+results.json with the same config and seed, e.g. a workdir and its copy) is refused:
+averaging it with itself would fake a second seed (`--allow_duplicates` counts it once
+and says so). The baseline row is the CAM of the classifier stage 2 used
+(`stage2.test.cam`), else the stage-1 test CAM; the "+ F-CAM" row is `stage2.test.fcam`.
 
 Prints Markdown (Table 1 layout: methods x backbones, one table per dataset and
 metric; each cell `ours (paper)`, the paper's Tables 1-2 where it reports the value)
 and writes `report.md` and `report.csv` (one row per cell and metric) to `--out`.
+Exit status 2 (one `error:` line) for bad flags, a RUN_DIR that does not exist, or runs
+that cannot share a table (configs that differ in a cell, the same run twice); 1 for an
+unreadable or unfinished results.json.
 """
 
 import collections
@@ -84,8 +90,13 @@ class ReportError(ValueError):
   """An unreadable or incomplete results.json; the message names the file."""
 
 
+class MixedRunsError(ReportError):
+  """Runs that cannot share a table cell: other configs, or the same run twice."""
+
+
 def find_results(paths: Iterable[str]) -> List[str]:
-  """The top-level `results.json` of each run under `paths` (files, workdirs or parents)."""
+  """The top-level `results.json` of each run under `paths` (files, workdirs or parents),
+  in the order given (folders walked in sorted order)."""
   found = []
   for path in paths:
     if os.path.isfile(path):
@@ -100,7 +111,10 @@ def find_results(paths: Iterable[str]) -> List[str]:
         found.append(os.path.join(root, "results.json"))
     if len(found) == before:
       raise ReportError(f"{path}: no results.json under it (is the run finished?)")
-  return sorted(set(found))
+  unique = {}  # in the order given; the same file reached by two paths is one file
+  for path in found:
+    unique.setdefault(os.path.realpath(path), path)
+  return list(unique.values())
 
 
 def _get(d: Dict, dotted: str):
@@ -139,7 +153,36 @@ def read_run(path: str) -> Dict:
 _REPEAT_KEYS = ("seed", "stages", "dataset.data_dir", "dataset.data_root", "dataset.metadata_root",
                 "dataset.mask_root", "model.pretrained", "stage2.classifier_checkpoint",
                 "data.num_workers", "data.read_threads", "data.prefetch", "log_every_steps",
-                "checkpoint_every_epochs", "eval.batch_size", "eval.num_figures")
+                "checkpoint_every_epochs", "eval.batch_size", "eval.num_figures",
+                "eval.save_scoremaps")
+
+
+def _identity(run: Dict) -> Tuple[str, str]:
+  """What makes a run the run it is: its cell and config, seed included, without the
+  paths and I/O settings (a copied or moved workdir is the same run)."""
+  config = {k: v for k, v in run["config"].items() if k == "seed" or k not in _REPEAT_KEYS}
+  return (run["dataset"], run["method"], run["backbone"],
+          json.dumps(config, sort_keys=True, default=str))
+
+
+def drop_duplicates(runs: Sequence[Dict], allow: bool = False
+                    ) -> Tuple[List[Dict], List[Tuple[Dict, Dict]]]:
+  """(the runs with each run once, [(dropped copy, the run kept)]). Two results.json
+  with the same config and seed are one run (a copy, or the same run reached twice):
+  refused (MixedRunsError naming both) unless `allow`, then the first is kept."""
+  kept, dropped, first = [], [], {}
+  for run in runs:
+    original = first.setdefault(_identity(run), run)
+    if original is run:
+      kept.append(run)
+      continue
+    if not allow:
+      raise MixedRunsError(
+          f"{run['path']} is the same run as {original['path']} (same config and seed "
+          f"{run['config'].get('seed')}): counting both would average a run with itself; "
+          "pass one of them, or --allow_duplicates to count it once")
+    dropped.append((run, original))
+  return kept, dropped
 
 
 def _scalars(metrics: Dict) -> Dict[str, float]:
@@ -159,7 +202,7 @@ def aggregate(runs: Sequence[Dict]) -> Dict[Cell, Dict[str, List[float]]]:
     differ = sorted(k for k in set(run["config"]) | set(other["config"])
                     if k not in _REPEAT_KEYS and run["config"].get(k) != other["config"].get(k))
     if differ:
-      raise ReportError(
+      raise MixedRunsError(
           f"{other['path']} and {run['path']} fill the same cell ({', '.join(key)}) but their "
           f"configs differ in {', '.join(differ[:5])}{' ...' if len(differ) > 5 else ''}: "
           "report them separately (variants of a sweep: python -m fcam_jax.sweep writes their table)")
@@ -244,12 +287,21 @@ def csv_text(cells) -> str:
   return buf.getvalue()
 
 
-def report(paths: Sequence[str], out: str = "", metrics: Optional[Sequence[str]] = None
-           ) -> Tuple[str, str]:
-  """Markdown and CSV of the runs under `paths`; written to `out` when given."""
+def report(paths: Sequence[str], out: str = "", metrics: Optional[Sequence[str]] = None,
+           allow_duplicates: bool = False) -> Tuple[str, str]:
+  """Markdown and CSV of the runs under `paths`; written to `out` when given.
+
+  The same run found twice (same config and seed: `drop_duplicates`) is refused, or with
+  `allow_duplicates` counted once and listed under the run count.
+  """
   runs = [read_run(p) for p in find_results(paths)]
+  runs, dropped = drop_duplicates(runs, allow_duplicates)
   cells = aggregate(runs)
-  md = (f"Runs: {len(runs)}\n\n" + markdown(cells, metrics))
+  head = f"Runs: {len(runs)}"
+  if dropped:
+    head += (f" ({len(dropped)} duplicate{'s' if len(dropped) > 1 else ''} counted once: "
+             + "; ".join(f"{d['path']} = {o['path']}" for d, o in dropped) + ")")
+  md = f"{head}\n\n" + markdown(cells, metrics)
   table = csv_text(cells)
   if out:
     os.makedirs(out, exist_ok=True)
@@ -262,6 +314,8 @@ def define_flags():
   """The command's flags (defined only when run as a command: other modules use these names)."""
   flags.DEFINE_string("out", "", "Folder for report.md and report.csv (default: print only).")
   flags.DEFINE_list("metrics", [], f"Metrics to tabulate (default all of {METRICS}).")
+  flags.DEFINE_bool("allow_duplicates", False, "Count a run found twice (same config and "
+                    "seed, e.g. a copied workdir) once instead of refusing.")
 
 
 def main(argv):
@@ -271,13 +325,14 @@ def main(argv):
   unknown = [m for m in wanted if m not in METRICS]
   if unknown:
     cli.fail(f"--metrics: unknown {', '.join(unknown)}; known: {', '.join(METRICS)}")
-  try:
-    md, _ = report(argv[1:], out, wanted or None)
-  except ReportError as e:
-    cli.fail(str(e))
+  missing = [p for p in argv[1:] if not os.path.exists(p)]
+  if missing:
+    cli.fail(f"{missing[0]}: no such file or directory")
+  md, _ = report(argv[1:], out, wanted or None, flags.FLAGS.allow_duplicates)
   print(md)
 
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  # Runs that cannot share a table (the command line's choice): 2; unreadable results: 1.
+  cli.run(main, usage_errors=(MixedRunsError,), data_errors=(ReportError, OSError))

@@ -40,6 +40,8 @@ from fcam_jax import files
 from fcam_jax import metrics
 from fcam_jax import train
 from fcam_jax import weights
+from fcam_jax.data import images
+from fcam_jax.data import metadata
 
 STAGE2_PREFIXES = ("fcam.", "stage2.")
 
@@ -248,9 +250,6 @@ def main(argv):
   except train.Preempted as e:
     print(str(e), file=sys.stderr)
     sys.exit(0)
-  except (config_lib.ConfigError, checkpoint.CheckpointNotFoundError, FileNotFoundError,
-          weights.PretrainedError) as e:
-    cli.fail(str(e))
   failed = {k: v for k, v in status.items() if v.startswith("failed")}
   for name, why in failed.items():
     print(f"error: variant {name} {why}", file=sys.stderr)
@@ -259,4 +258,8 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main, flags_parser=cli.parse_config_flags)
+  # The shared classifier's data and checkpoints (a variant's failure is listed, not raised).
+  cli.run(main, data_errors=(checkpoint.CheckpointNotFoundError, weights.PretrainedError,
+                             metadata.MetadataError, images.ImageError, train.NonFiniteError,
+                             OSError),
+          flags_parser=cli.parse_config_flags)

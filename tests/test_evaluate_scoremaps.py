@@ -94,15 +94,25 @@ def test_cub_end_to_end(cub):
     assert out[f"curve_BoxAccV2@{d}"] == (every[i] * 100 / 3).tolist()
   assert out["localization"] == out["MaxBoxAcc"] and out["localization_metric"] == "MaxBoxAcc"
   assert out["MaxBoxAcc"] >= 100 / 3  # the square alone is right at every tau
-  # The command line prints the same numbers as one JSON object.
+  # The command line prints a short table and writes every number to --output.
+  output = os.path.join(os.path.dirname(maps), "out", "metrics.json")
   proc = subprocess.run(
       [sys.executable, "-m", "fcam_jax.evaluate_scoremaps", f"--metadata_root={meta}",
        f"--scoremap_root={maps}", "--dataset=CUB", "--cam_curve_interval=0.01",
-       "--box_v2_metric"], cwd=REPO, capture_output=True, text=True, timeout=120)
+       "--box_v2_metric", f"--output={output}"], cwd=REPO, capture_output=True, text=True,
+      timeout=120)
   assert proc.returncode == 0, proc.stderr
-  printed = json.loads(proc.stdout)
-  assert printed["localization"] == out["MaxBoxAccV2"]
-  assert {k: v for k, v in printed.items() if not k.startswith("localization")} == {
+  lines = proc.stdout.splitlines()
+  assert len(lines) <= 10 and len(proc.stdout) < 1000
+  assert lines[0] == f"{maps}: CUB test, 3 images, maps at 224x224, threshold step 0.01"
+  assert lines[1] == "| metric         |  value | best tau |"
+  assert f"| MaxBoxAcc      | {out['MaxBoxAcc']:6.2f} |    {out['best_tau_MaxBoxAcc']:.3f} |" in lines
+  assert f"| MaxBoxAccV2@70 | {out['MaxBoxAccV2@70']:6.2f} |" in proc.stdout
+  assert lines[-1] == (f"localization (MaxBoxAccV2): {out['MaxBoxAccV2']:.2f}; full metrics in "
+                       f"{output}")
+  written = json.load(open(output))
+  assert written["localization"] == out["MaxBoxAccV2"] and written["map_size"] == 224
+  assert {k: v for k, v in written.items() if k in out and not k.startswith("localization")} == {
       k: v for k, v in out.items() if not k.startswith("localization")}
 
 

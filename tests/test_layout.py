@@ -75,9 +75,12 @@ def graph():
 
 
 def _layer(module):
+  for rank, (_, patterns) in enumerate(LAYERS):  # a module named exactly (weights.convert,
+    if module in patterns:                         # a command) before a pattern (weights.*)
+      return rank
   for rank, (_, patterns) in enumerate(LAYERS):
     for p in patterns:
-      if module == p or (p.endswith(".*") and module.startswith(p[:-1])):
+      if p.endswith(".*") and module.startswith(p[:-1]):
         return rank
   return None
 

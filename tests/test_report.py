@@ -4,6 +4,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -106,3 +107,40 @@ def test_command_line(tmp_path):
   out = subprocess.run([sys.executable, "-m", "fcam_jax.report", str(tmp_path / "nope")],
                        cwd=REPO, capture_output=True, text=True, timeout=120)
   assert out.returncode == 2 and "nope: no such file or directory" in out.stderr
+
+
+def test_the_same_run_twice_is_refused_or_counted_once(tmp_path):
+  root = str(tmp_path / "runs")
+  _write_run(root, "s0", "CUB", "resnet50", "cam", {"MaxBoxAcc": 70.0}, {"MaxBoxAcc": 89.0},
+             seed=0)
+  _write_run(root, "s1", "CUB", "resnet50", "cam", {"MaxBoxAcc": 72.0}, {"MaxBoxAcc": 91.0},
+             seed=1)
+  # A copy of s0 elsewhere, its data paths rewritten (another machine): still the same run.
+  copy = str(tmp_path / "elsewhere" / "s0_copy")
+  shutil.copytree(os.path.join(root, "s0"), copy)
+  with open(os.path.join(copy, "results.json")) as f:
+    results = json.load(f)
+  results["config"]["dataset"]["data_root"] = "/mnt/other/images"
+  with open(os.path.join(copy, "results.json"), "w") as f:
+    json.dump(results, f)
+  s0, dup = os.path.join(root, "s0", "results.json"), os.path.join(copy, "results.json")
+  with pytest.raises(report.MixedRunsError) as info:
+    report.report([root, copy])
+  assert f"{dup} is the same run as {s0} (same config and seed 0" in str(info.value)
+
+  md, text = report.report([root, copy], allow_duplicates=True)
+  assert md.startswith(f"Runs: 2 (1 duplicate counted once: {dup} = {s0})\n")
+  assert "| CAM* + F-CAM | 90.0 (90.3) ±1.0 n=2 |" in md  # two seeds, the copy not counted
+  # Two seeds stay two runs; one file reached by two paths is one file.
+  md, _ = report.report([root, os.path.join(root, "s1", "results.json")])
+  assert md.startswith("Runs: 2\n") and "±1.0 n=2" in md
+
+  r = subprocess.run([sys.executable, "-m", "fcam_jax.report", root, copy], cwd=REPO,
+                     capture_output=True, text=True, timeout=120)
+  assert r.returncode == 2 and r.stdout == "" and "Traceback" not in r.stderr
+  assert r.stderr.splitlines()[-1].startswith(f"error: {dup} is the same run as {s0}")
+  r = subprocess.run([sys.executable, "-m", "fcam_jax.report", root, copy,
+                      "--allow_duplicates", "--metrics=MaxBoxAcc"], cwd=REPO,
+                     capture_output=True, text=True, timeout=120)
+  assert r.returncode == 0, r.stderr
+  assert "1 duplicate counted once" in r.stdout and "n=2" in r.stdout and "n=3" not in r.stdout

@@ -17,7 +17,7 @@ mask file opened) before it replaces the previous output. Images left out (no
 annotation, ambiguous label, ...) are listed in `<out>/<split>_left_out.json`.
 
 Prints one summary line per split. Bad input ends in one line `error: <file:line or
-JSON id>: <what>` on stderr (--verbose adds the traceback); exit code 2 for usage
+JSON id>: <what>` on stderr (--verbose shows the traceback instead); exit code 2 for usage
 errors (bad flags), 1 for data errors. `--help` after a format explains its options.
 See docs/own-dataset.md.
 """
@@ -25,22 +25,14 @@ See docs/own-dataset.md.
 import argparse
 import os
 import sys
-import traceback
 from typing import List, Optional
 
+from fcam_jax import cli
 from fcam_jax.data.converters import coco, csv_boxes, layout, voc
 from fcam_jax.data.converters.common import DEFAULT_AMBIGUOUS_RATIO, ConvertError, check_ratio
 
 SPLITS = layout.SPLITS
 PROG = "python -m fcam_jax.data.convert"
-
-
-class _Parser(argparse.ArgumentParser):
-  """Usage errors as one line `error: ...` and exit code 2."""
-
-  def error(self, message):
-    sys.stderr.write(f"error: {message} (see {self.prog} --help)\n")
-    sys.exit(2)
 
 
 def _ratio(text: str) -> float:
@@ -67,7 +59,7 @@ def _common(p: argparse.ArgumentParser):
                       "(e.g. coco/ for coco/train2017 and coco/val2017)")
   p.add_argument("--labels_only", action="store_true",
                  help="write no localization.txt (train: the classifier needs labels only)")
-  p.add_argument("--verbose", action="store_true", help="print the traceback of an error")
+  cli.add_verbose_flag(p)
 
 
 def _label_rule(p: argparse.ArgumentParser):
@@ -81,9 +73,9 @@ def _label_rule(p: argparse.ArgumentParser):
 
 def parser() -> argparse.ArgumentParser:
   fmt = argparse.RawDescriptionHelpFormatter
-  top = _Parser(prog=PROG, description=__doc__.split("\n\n", 1)[1], formatter_class=fmt)
+  top = cli.ArgumentParser(prog=PROG, description=__doc__.split("\n\n", 1)[1], formatter_class=fmt)
   sub = top.add_subparsers(dest="format", required=True, metavar="{csv,coco,voc}",
-                           parser_class=_Parser)
+                           parser_class=cli.ArgumentParser)
   p = sub.add_parser("csv", help="an image folder and a CSV of boxes",
                      description=csv_boxes.__doc__, formatter_class=fmt)
   p.add_argument("--csv", required=True, metavar="FILE", help="the CSV (with a header)")
@@ -163,16 +155,12 @@ def main(argv: Optional[List[str]] = None) -> int:
   p = parser()
   args = p.parse_args(argv)
   _check_paths(args)
-  try:
-    written = convert(args)
-  except (ConvertError, OSError) as e:
-    if args.verbose:
-      traceback.print_exc()
-    message = "; ".join(str(e).splitlines())
-    sys.stderr.write(f"error: {message}\n")
-    return 1
-  print(written.summary())
-  return 0
+
+  def run() -> int:
+    print(convert(args).summary())
+    return 0
+
+  return cli.call(run, verbose=args.verbose, data_errors=(ConvertError, OSError))
 
 
 if __name__ == "__main__":

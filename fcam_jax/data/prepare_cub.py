@@ -22,16 +22,19 @@ official train and test sets and not part of this release. So:
     *train* set and removed from train, so that model selection never sees test images
     (with 5: 1000 val, 4994 train). --val_per_class=0 writes no val split.
 Test is always the official test set (5794 images).
+
+Bad input ends in one `error:` line: exit 2 for flags (a --cub_root that is not a
+folder), 1 for a malformed release (naming file:line) or unreadable image.
 """
 
 import os
 import shutil
 from typing import Dict, List, Tuple
 
-from absl import app
 from absl import flags
 import numpy as np
 
+from fcam_jax import cli
 from fcam_jax.data import images
 from fcam_jax.data import metadata
 
@@ -173,7 +176,14 @@ _SEED = flags.DEFINE_integer("seed", 0, "Seed of the val draw.")
 
 
 def main(argv):
-  del argv
+  if len(argv) > 1:
+    cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
+  if not os.path.isdir(_CUB_ROOT.value):
+    cli.fail(f"--cub_root={_CUB_ROOT.value}: no such folder")
+  if _VAL_METADATA.value and not os.path.exists(_VAL_METADATA.value):
+    cli.fail(f"--val_metadata={_VAL_METADATA.value}: no such file or folder")
+  if _VAL_PER_CLASS.value < 0:
+    cli.fail(f"--val_per_class={_VAL_PER_CLASS.value}: must be >= 0")
   counts = convert(_CUB_ROOT.value, _OUT.value, _VAL_METADATA.value, _VAL_PER_CLASS.value,
                    _SEED.value)
   print(", ".join(f"{k}: {v} images" for k, v in sorted(counts.items())) + f" -> {_OUT.value}")
@@ -181,4 +191,5 @@ def main(argv):
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["cub_root", "out"])
-  app.run(main)
+  # A malformed release (file:line), unreadable images, a bad --val_metadata, an unwritable --out.
+  cli.run(main, data_errors=(CubError, metadata.MetadataError, images.ImageError, OSError))

@@ -6,34 +6,41 @@
 The output holds `params/...` and `batch_stats/...` (flax paths inside the
 backbone) and `__arch__`; `config.model.pretrained` takes it. The report lists the
 source keys not used (the ImageNet head, the dropped blocks) and the variables
-left at their init (the layers the WSOL variant adds).
+left at their init (the layers the WSOL variant adds). Bad input ends in one `error:`
+line: exit 2 for flags (an --input that is not a file), 1 for a state dict that cannot
+be read or does not fit the architecture.
 """
 
-import argparse
+import os
 import sys
 
+from fcam_jax import cli
 from fcam_jax.weights.load import ARCHS, convert_state_dict, save_npz
 from fcam_jax.weights.state_dict import PretrainedError, read_state_dict
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m fcam_jax.weights.convert",
-                                   description=__doc__.split("\n")[0])
+  parser = cli.ArgumentParser(prog="python -m fcam_jax.weights.convert",
+                              description=__doc__.split("\n")[0])
   parser.add_argument("--arch", required=True, choices=ARCHS)
   parser.add_argument("--input", required=True, help=".pth, .safetensors or .npz state dict")
   parser.add_argument("--output", required=True, help="the converted .npz")
+  cli.add_verbose_flag(parser)
   args = parser.parse_args(argv)
   if not args.output.endswith(".npz"):
     parser.error("--output must end with .npz")
-  try:
+  if not os.path.isfile(args.input):
+    parser.error(f"--input={args.input}: no such file")
+
+  def run() -> int:
     flat, report = convert_state_dict(read_state_dict(args.input), args.arch, args.input)
-  except (PretrainedError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
-  save_npz(args.output, flat, args.arch)
-  print(report)
-  print(f"wrote {args.output}")
-  return 0
+    save_npz(args.output, flat, args.arch)
+    print(report)
+    print(f"wrote {args.output}")
+    return 0
+
+  # An unreadable or mismatched state dict, an unwritable --output.
+  return cli.call(run, verbose=args.verbose, data_errors=(PretrainedError, OSError))
 
 
 if __name__ == "__main__":

@@ -289,7 +289,9 @@ def test_missing_file_and_unknown_backbone(tmp_path):
   missing = str(tmp_path / "nope.npz")
   with pytest.raises(FileNotFoundError, match="nope.npz"):
     weights.load_pretrained(missing, {}, "resnet50")
-  assert convert.main(["--arch", "vgg16", "--input", missing, "--output", missing]) == 1
+  with pytest.raises(SystemExit) as info:  # a flag naming nothing: a usage error
+    convert.main(["--arch", "vgg16", "--input", missing, "--output", missing])
+  assert info.value.code == 2
   with pytest.raises(PretrainedError, match="'small'"):
     weights.convert_state_dict({}, "small")
 
