@@ -115,8 +115,8 @@ def scalars(metrics: Dict) -> Dict[str, float]:
 
 
 class ScoremapWriter:
-  """An `evaluate` observer saving every scored map as wsolevaluation documents them:
-  `<root>/<map name>/<image id without extension>.npy`, float32 in [0, 1] at the size
+  """An `evaluate` observer saving every scored map as wsolevaluation's evaluation.py
+  loads them: `<root>/<map name>/<image id>.npy` (`a/b.jpg` -> `a/b.jpg.npy`), float32 in [0, 1] at the size
   scored (config.data.eval_size), written in threads, each file atomically.
 
   With several processes each writes the images of its own shard (every image once).
@@ -143,7 +143,7 @@ class ScoremapWriter:
 
   def path(self, name: str, image_id: str) -> str:
     folder = self.folders[name]
-    path = os.path.normpath(os.path.join(folder, os.path.splitext(image_id)[0] + ".npy"))
+    path = os.path.normpath(os.path.join(folder, image_id + ".npy"))
     if not path.startswith(os.path.normpath(folder) + os.sep):
       raise ValueError(f"image id {image_id!r} escapes the score-map folder {folder}")
     return path

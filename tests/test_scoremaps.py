@@ -54,7 +54,7 @@ def test_saved_maps_are_the_scored_maps_in_wsolevaluation_layout(cub_run):
       folder = os.path.join(workdir, saved["folders"][name])
       files = sorted(os.path.relpath(p, folder)
                      for p in glob.glob(os.path.join(folder, "**", "*.npy"), recursive=True))
-      assert files == sorted(os.path.splitext(i)[0] + ".npy" for i in ids)  # each image once
+      assert files == sorted(i + ".npy" for i in ids)  # each image once
       scoremap = np.load(os.path.join(folder, files[0]))
       assert scoremap.dtype == np.float32 and scoremap.shape == (32, 32)
       assert 0.0 <= scoremap.min() and scoremap.max() <= 1.0
