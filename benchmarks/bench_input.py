@@ -33,7 +33,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from fcam_jax import config_lib  # noqa: E402
 from fcam_jax.data import cub_like  # noqa: E402
 from fcam_jax.data import pipeline  # noqa: E402
-from fcam_jax.data import prepare_cub  # noqa: E402
 from fcam_jax.data import sources  # noqa: E402
 
 _IMAGES = flags.DEFINE_integer("images", 1024, "Images in the train split (at least).")
@@ -82,6 +81,8 @@ def write_release(root: str, train_images: int, *, distinct_per_class: int = 4,
   for name, lines in tables.items():
     with open(os.path.join(cub, name), "w") as f:
       f.write("".join(line + "\n" for line in lines))
+  # Imported here: its absl flags (--out, ...) would clash with an importer's.
+  from fcam_jax.data import prepare_cub  # pylint: disable=g-import-not-at-top
   metadata = os.path.join(root, "metadata")
   prepare_cub.convert(cub, metadata, val_per_class=val_per_class)
   return cub, metadata
@@ -108,21 +109,32 @@ def decode_rate(split: sources.Split, config, count: int) -> float:
   return n / (time.perf_counter() - start)
 
 
+def _skipped(workers: int) -> int:
+  """Batches not timed: each worker's first (they arrive together, after the start) and
+  the one it has buffered meanwhile (grain's per-worker buffer holds one)."""
+  return 2 * max(1, workers)
+
+
+def min_batches(workers: int) -> int:
+  """Batches an epoch needs for `train_rate` to time `workers`."""
+  return _skipped(workers) + max(2, workers)
+
+
 def train_rate(split: sources.Split, config, workers: int, batch: int,
                batches: int = 0) -> Dict[str, float]:
   """`pipeline.train_batches` with `workers` (data.num_workers): {'images_per_s': steady
-  state, 'first_batch_s': time to the first batch, 'batches': timed batches}.
+  state, 'first_batch_s': time to the first batch, 'batches': batches read}.
 
-  Steady state: from the arrival of batch max(1, workers) (each worker's first batch
-  arrives at about the same time) to the last, `batches` (default: the epoch's) in all.
+  Steady state: from the arrival of batch `_skipped(workers)` to the last, `batches`
+  (default: the epoch's) in all.
   """
   config = config_lib.override(config, {"data.num_workers": workers}, "bench_input")
   steps = pipeline.steps_per_epoch(len(split), batch)
   batches = min(batches or steps, steps)
-  skip = max(1, workers)
-  if batches < skip + 2:
+  skip = _skipped(workers)
+  if batches < min_batches(workers):
     raise ValueError(f"{batches} batches are too few to time {workers} workers: "
-                     f"use at least {(skip + 2) * batch} train images")
+                     f"use at least {min_batches(workers) * batch} train images")
   start = time.perf_counter()
   it = pipeline.train_batches(split, config, global_batch=batch, epoch=0)
   arrivals = []
@@ -175,7 +187,7 @@ def table(m: Dict, rates: Dict[str, float]) -> str:
 def main(argv):
   del argv
   workers = [int(w) for w in _WORKERS.value]
-  need = (max(workers + [1]) * 3 + 1) * _BATCH.value
+  need = min_batches(max(workers)) * _BATCH.value
   images = max(_IMAGES.value, need)
   root = _ROOT.value or tempfile.mkdtemp(prefix="bench_input_")
   try:
