@@ -38,18 +38,17 @@ tiny release, one epoch per stage: about a minute on a CPU, the CI test
 to run it on the device machine.
 """
 
-import functools
 import json
-import math
 import os
 import platform
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Optional
 
 from absl import app
 from absl import flags
@@ -99,6 +98,8 @@ _E2E_EPOCHS = flags.DEFINE_integer("e2e_epochs", None, "Epochs per stage of the 
 _TRAIN_IMAGES = flags.DEFINE_integer("train_images", None, "Train images of the generated "
                                      "release (default: enough to time the input pipeline "
                                      "with CPUs - 1 workers; --quick 32).")
+_HARD_LIMIT = flags.DEFINE_float("hard_limit_s", None, "Stop here whatever is running, after "
+                                 "writing the table (default --budget_s + 45; exit code 3).")
 _WORKDIR = flags.DEFINE_string("workdir", "", "Keep the release, checkpoints and the end-to-end "
                                "run here (default: a temporary folder, removed).")
 
@@ -255,6 +256,8 @@ class Check:
         "input": {}, "metrics": [], "e2e": {}, "projection": {}, "targets": [], "log": []}
     self._stages: Dict[tuple, Dict] = {}
     self._costs: Dict[str, float] = {}
+    self._built_s = 0.0  # seconds the current item spent building stage objects
+    self.current = ""  # the item running
     self._release = None  # (process, cub, metadata)
 
   # -- bookkeeping
@@ -267,7 +270,18 @@ class Check:
     files.write_json(self.out, self.results)
 
   def estimate(self, kind: str, default: float) -> float:
+    """The last measured cost of an item of `kind` (its stage building excluded), else
+    `default` (seconds)."""
     return self._costs.get(kind, default)
+
+  def setup_estimate(self, backbone: str, precision: str, name: str,
+                     parallel: str = "pmap") -> float:
+    """Seconds to build the stage objects an item needs and that are not built yet."""
+    todo = [(backbone, precision, name, parallel)]
+    if name == "stage2":
+      todo.append((backbone, "fp32", "stage1", "pmap"))  # its classifier checkpoint
+    missing = sum(key not in self._stages for key in todo)
+    return missing * self._costs.get("setup", 10.0 if self.quick else 30.0)
 
   def run_item(self, name: str, estimate: float, fn: Callable[[], Any], kind: str = "",
                on_skip: Optional[Callable[[], None]] = None) -> Any:
@@ -281,6 +295,7 @@ class Check:
       return None
     t = time.perf_counter()
     status, out = "ok", None
+    self.current = name
     try:
       out = fn()
     except Exception as e:  # pylint: disable=broad-except
@@ -288,7 +303,9 @@ class Check:
       logging.error("%s failed:\n%s", name, traceback.format_exc())
     seconds = time.perf_counter() - t
     if kind and status == "ok":
-      self._costs[kind] = seconds
+      self._costs[kind] = seconds - self._built_s  # stage building is estimated apart
+    self._built_s = 0.0
+    self.current = ""
     self.results["log"].append({"item": name, "status": status, "seconds": round(seconds, 1),
                                 "estimate_s": round(estimate, 1)})
     self.write()
@@ -329,6 +346,9 @@ class Check:
     key = (backbone, precision, name, parallel)
     if key in self._stages:
       return self._stages[key]
+    if name == "stage2":
+      self.stage(backbone, "fp32", "stage1")  # the classifier checkpoint (timed on its own)
+    t = time.perf_counter()
     workdir = self._backbone_dir(backbone)
     config = self.config(backbone, precision, parallel)
     if name == "stage1":
@@ -341,11 +361,13 @@ class Check:
         ckpt.save(0, st.state, {"history": []}, 0.0)
         ckpt.close()
     else:
-      self.stage(backbone, "fp32", "stage1")  # the classifier checkpoint
       run = self._run(config, workdir)
       st = stage2.stage(run)
     entry = {"run": run, "stage": st, "state": [run.parallel.replicate(st.state)]}
     self._stages[key] = entry
+    built = time.perf_counter() - t
+    self._built_s += built
+    self._costs["setup"] = max(built, self._costs.get("setup", 0.0))
     return entry
 
   # -- items
@@ -381,16 +403,11 @@ class Check:
                 section: str = "steps", profile_dir: str = ""):
     label = f"{section} {backbone} {name} {precision} {parallel} b{self.batch}"
     kind = f"step:{name}"
-    setup = 0.0 if (backbone, precision, name, parallel) in self._stages else self.estimate(
-        "setup", 30.0 if not self.quick else 5.0)
+    setup = self.setup_estimate(backbone, precision, name, parallel)
     row = {"backbone": backbone, "precision": precision, "stage": name, "batch": self.batch,
            "parallel": parallel}
 
     def fn():
-      t = time.perf_counter()
-      self.stage(backbone, precision, name, parallel)
-      if (backbone, precision, name, parallel) not in self._costs:
-        self._costs["setup"] = time.perf_counter() - t
       out = self.train_step(backbone, precision, name, parallel=parallel, profile_dir=profile_dir)
       row.update(out)
       return out
@@ -413,7 +430,9 @@ class Check:
     if known:
       row["largest_fitting"] = known[0]["batch"]
     batch = self.batch * 2
-    last_cost = known[0]["first_call_s"] * 1.3 if known else self.estimate(f"step:{name}", 90.0)
+    last_cost = (known[0]["first_call_s"] * 1.3 if known else
+                 self.setup_estimate(backbone, precision, name) + self.estimate(
+                     f"step:{name}", 20.0 if self.quick else 90.0))
     while batch <= self.cap:
       result = {}
 
@@ -470,8 +489,7 @@ class Check:
       row.update({"maps_per_s": self.infer_batch / t["per_call_s"],
                   "ms_per_batch": 1e3 * t["per_call_s"], "first_call_s": t["first_s"],
                   "compile_s": t["compile_s"], "status": "ok"})
-    setup = 0.0 if (backbone, precision, "stage2" if method == "fcam" else "stage1",
-                    "pmap") in self._stages else self.estimate("setup", 30.0)
+    setup = self.setup_estimate(backbone, precision, "stage2" if method == "fcam" else "stage1")
     self.run_item(f"inference {backbone} {method} {precision} b{self.infer_batch}",
                   setup + self.estimate(kind, 40.0 if not self.quick else 10.0), fn, kind=kind)
     row.setdefault("status", self.results["log"][-1]["status"])
@@ -867,8 +885,12 @@ class Check:
             f"val {s['stage2']['val_s'] / 60:.1f}, test {s['stage2']['test_s'] / 60:.1f}), "
             f"total {s['total_s'] / 60:.1f} min", tgt if recipe == "CUB" else "", st)
     skipped = [e["item"] for e in res["log"] if e["status"] == SKIPPED]
+    stopped = [f"{e['item']}: {e['status']}" for e in res["log"] if "hard limit" in e["status"]]
     row("run", "wall time", f"{self.elapsed():.0f} s of a {self.budget:.0f} s budget; "
-        f"{len(skipped)} items skipped (budget)", "", "")
+        f"{len(skipped)} items skipped (budget)" + "".join(f"; {x}" for x in stopped), "", "")
+    failed = [e["item"] for e in res["log"] if e["status"].startswith("error")]
+    if failed:
+      row("run", "failed items (see log in the JSON)", "; ".join(failed), "", "")
     return "\n".join(lines)
 
 
@@ -908,6 +930,25 @@ def plan(check: Check):
     check.max_batch_item(backbone, "stage2", first)
 
 
+def finish(check: Check, lock: threading.Lock, note: str = "") -> bool:
+  """Projection, targets, the table: written and printed once (False if done already)."""
+  if not lock.acquire(blocking=False):
+    return False
+  if note:
+    check.results["log"].append({"item": check.current or "(between items)", "status": note})
+  if check._release is not None and check._release[0].poll() is None:  # pylint: disable=protected-access
+    check._release[0].kill()  # pylint: disable=protected-access
+  check.project()
+  check.targets()
+  check.results["table"] = check.table()
+  check.write()
+  print()
+  print(check.results["table"])
+  print()
+  print("Projection:", check.results["projection"]["formula"], flush=True)
+  return True
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -920,19 +961,27 @@ def main(argv):
   print(f"accelerator check: {check.results['machine']['devices']}; budget "
         f"{check.budget:.0f} s; results -> {check.out}", flush=True)
   check.write()
+  lock = threading.Lock()
+  hard = _HARD_LIMIT.value or check.budget + 45
+
+  def stop():  # an item ran far past its estimate: keep what was measured
+    note = f"stopped at the hard limit ({hard:.0f} s)"
+    try:
+      done = finish(check, lock, note)
+    except Exception:  # pylint: disable=broad-except
+      traceback.print_exc()
+      done = True
+    if done:
+      sys.stdout.flush()
+      os._exit(3)  # pylint: disable=protected-access
+  watchdog = threading.Timer(max(0.0, hard - check.elapsed()), stop)
+  watchdog.daemon = True
+  watchdog.start()
   try:
     plan(check)
   finally:
-    if check._release is not None and check._release[0].poll() is None:  # pylint: disable=protected-access
-      check._release[0].kill()  # pylint: disable=protected-access
-    check.project()
-    check.targets()
-    check.results["table"] = check.table()
-    check.write()
-    print()
-    print(check.results["table"])
-    print()
-    print("Projection:", check.results["projection"]["formula"])
+    watchdog.cancel()
+    finish(check, lock)
     if not _WORKDIR.value:
       shutil.rmtree(workdir, ignore_errors=True)
 

@@ -23,7 +23,7 @@ import shutil
 import sys
 import tempfile
 import time
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, Sequence, Tuple
 
 from absl import app
 from absl import flags
