@@ -56,6 +56,10 @@ from absl import logging
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+# Before JAX starts: device memory on demand, not 75 % of it taken at the start, so that the
+# end-to-end run (a subprocess, started with the same setting) can allocate beside this
+# process. The cap on what one process may use is unchanged (memory_stats' bytes_limit).
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import jax  # noqa: E402
@@ -171,6 +175,7 @@ def machine() -> Dict[str, Any]:
       "gpu": _nvidia_smi(), "cpu": _lscpu_model(), "cpus": pipeline.available_cpus(),
       "device_memory_limit": stats.get("bytes_limit"),
       "xla_python_client_mem_fraction": os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION", ""),
+      "xla_python_client_preallocate": os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE", ""),
   }
 
 
@@ -287,7 +292,8 @@ class Check:
                on_skip: Optional[Callable[[], None]] = None) -> Any:
     """fn() unless it would end past the budget; logs its status and time; writes JSON."""
     if self.elapsed() + estimate > self.budget:
-      self.results["log"].append({"item": name, "status": SKIPPED, "estimate_s": round(estimate, 1)})
+      self.results["log"].append({"item": name, "status": SKIPPED,
+                                  "estimate_s": round(estimate, 1)})
       if on_skip is not None:
         on_skip()
       self.write()
@@ -614,8 +620,9 @@ class Check:
       root = os.path.join(self.workdir, "e2e")
       metadata = os.path.join(root, "metadata")
       workdir = os.path.join(root, "run")
-      env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-          [REPO] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}
+      path = [REPO] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+      env = {**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false",
+             "PYTHONPATH": os.pathsep.join(path)}
       deadline = self.t0 + self.budget
 
       def run(name, args):
@@ -629,7 +636,9 @@ class Check:
         except subprocess.TimeoutExpired as e:
           e2e[f"{name}_s"] = round(time.perf_counter() - t, 1)
           tail = (e.stderr or b"")[-3000:]
-          e2e[f"{name}_log_tail"] = tail.decode(errors="replace") if isinstance(tail, bytes) else tail
+          if isinstance(tail, bytes):
+            tail = tail.decode(errors="replace")
+          e2e[f"{name}_log_tail"] = tail
           raise TimeoutError(f"{name} stopped at the budget ({timeout:.0f}s)") from None
         e2e[f"{name}_s"] = round(time.perf_counter() - t, 1)
         if p.returncode != 0:
@@ -830,7 +839,8 @@ class Check:
         text += f"; best {_fmt_rate(best['images_per_s'])} images/s at b{best['batch']}"
       row("max batch", item, text, "", r["status"])
     for r in res["inference"]:
-      item = f"{r['backbone']} {'F-CAM' if r['method'] == 'fcam' else 'GradCAM'} {r['precision']} b{r['batch']}"
+      method = "F-CAM" if r["method"] == "fcam" else "GradCAM"
+      item = f"{r['backbone']} {method} {r['precision']} b{r['batch']}"
       text = (f"{_fmt_rate(r['maps_per_s'])} maps/s; compile {r['compile_s']:.1f} s"
               if r.get("status") == "ok" else r.get("status"))
       tgt, st = ("", "")
@@ -936,8 +946,9 @@ def finish(check: Check, lock: threading.Lock, note: str = "") -> bool:
     return False
   if note:
     check.results["log"].append({"item": check.current or "(between items)", "status": note})
-  if check._release is not None and check._release[0].poll() is None:  # pylint: disable=protected-access
-    check._release[0].kill()  # pylint: disable=protected-access
+  release = check._release  # pylint: disable=protected-access
+  if release is not None and release[0].poll() is None:
+    release[0].kill()
   check.project()
   check.targets()
   check.results["table"] = check.table()

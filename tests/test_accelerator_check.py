@@ -77,7 +77,8 @@ def test_quick_check_writes_every_section(tmp_path):
   for recipe in ("CUB", "OpenImages"):
     stages = proj[recipe]
     assert _positive(stages["total_s"])
-    assert math.isclose(stages["total_s"], stages["stage1"]["total_s"] + stages["stage2"]["total_s"])
+    assert math.isclose(stages["total_s"],
+                        stages["stage1"]["total_s"] + stages["stage2"]["total_s"])
   assert "floor(N_train / 32)" in r["projection"]["formula"]
   assert {t["status"] for t in r["targets"]} <= {"n/a (not the target's sizes)", "not measured"}
   table = r["table"]

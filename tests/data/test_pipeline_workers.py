@@ -65,7 +65,8 @@ def test_one_worker_process_gives_the_batches_of_threads_image_files(tmp_path):
   prepare_cub.convert(str(cub), str(tmp_path / "metadata"), val_per_class=1)
   config = tiny_config(str(tmp_path))
   config.dataset.name = "CUB"
-  config.dataset.data_root, config.dataset.metadata_root = str(cub / "images"), str(tmp_path / "metadata")
+  config.dataset.data_root = str(cub / "images")
+  config.dataset.metadata_root = str(tmp_path / "metadata")
   config.data.on_error = "skip"
   config = config_lib.validate(config)
   splits = sources.load_splits(config, ("train",))
