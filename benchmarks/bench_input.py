@@ -9,11 +9,13 @@ Writes a CUB-format release of JPEGs of CUB's typical size (500x375, quality 90;
 train split through `pipeline.train_batches` at 224x224 (resize 256, random crop,
 flip; batch 32), as training does, for each `data.num_workers` (0: `read_threads`
 threads in this process; N: N grain worker processes). For each it prints the images/s
-in steady state (the batches after each worker's first, so that the workers' start
+in steady state (after each worker's first two batches, so that the workers' start
 does not count) and the time to the first batch (the start every epoch and every
-evaluation pays: the workers are spawned per pipeline). It also prints the images/s
-one process sustains (read + transform alone, no grain) and the worker processes that
-would feed the given stage-1 / stage-2 step rates. benchmarks/README.md has the table;
+evaluation pays: the workers are spawned per pipeline). It also prints what one thread
+sustains reading and transforming alone (no grain), in images/s and in images per
+CPU-second (one core's rate, whatever else the machine runs: the per-worker rate of
+`data.num_workers=-1`'s rule), and the worker processes that would feed the given
+stage-1 / stage-2 step rates. benchmarks/README.md has the table;
 `benchmarks/accelerator_check.py` runs `measure` on the accelerator's machine.
 """
 
@@ -98,15 +100,17 @@ def dataset_config(cub: str, metadata: str, classes: int = CLASSES, read_threads
   return config
 
 
-def decode_rate(split: sources.Split, config, count: int) -> float:
-  """Images/s of this process reading and transforming images (no grain, no batching)."""
+def decode_rate(split: sources.Split, config, count: int) -> Tuple[float, float]:
+  """(images/s, images per CPU-second) of this process reading and transforming images in
+  one thread (no grain, no batching). The second is what one core sustains, whatever else
+  the machine runs."""
   transform = pipeline.TrainTransform(config.data.resize_size, config.data.crop_size, 0, 0)
   n = min(count, len(split))
-  start = time.perf_counter()
+  start, cpu = time.perf_counter(), time.process_time()
   for i in range(n):
     item = split.source[i]
     transform.map({"image": item["image"], "label": 0, "index": i})
-  return n / (time.perf_counter() - start)
+  return n / (time.perf_counter() - start), n / (time.process_time() - cpu)
 
 
 def _skipped(workers: int) -> int:
@@ -155,28 +159,30 @@ def measure(cub: str, metadata: str, workers: Sequence[int], batch: int = 32,
   """The figures of this benchmark for an existing release (see `write_release`)."""
   config = dataset_config(cub, metadata, read_threads=read_threads)
   split = sources.load_splits(config, ("train",))["train"]
+  wall, per_cpu_s = decode_rate(split, config, decode_images)
   out = {"train_images": len(split), "batch": batch, "read_threads": read_threads,
-         "cpus": pipeline.available_cpus(),
-         "decode_per_process": decode_rate(split, config, decode_images)}
+         "cpus": pipeline.available_cpus(), "load_average": os.getloadavg()[0],
+         "decode_per_process": wall, "decode_per_cpu_second": per_cpu_s}
   out["pipeline"] = {int(w): train_rate(split, config, int(w), batch) for w in workers}
-  one = out["pipeline"].get(1)
-  # What one worker process sustains through grain (its read threads, the transfer):
-  # the 1-worker pipeline's rate where measured, else the bare decode rate.
-  out["per_worker"] = one["images_per_s"] if one else out["decode_per_process"]
+  # What one worker process sustains on a core of its own: the images per CPU-second of
+  # the bare read + transform (its read_threads overlap file reads; with cores to spare
+  # they may take more than one: the 1-worker pipeline's rate shows how much).
+  out["per_worker"] = out["decode_per_cpu_second"]
   return out
 
 
 def table(m: Dict, rates: Dict[str, float]) -> str:
   """Markdown table of `measure`'s figures, and the workers `rates` need."""
   lines = [f"{m['train_images']} train JPEGs 500x375 q90 -> 224x224 crops (resize 256, crop, "
-           f"flip), batch {m['batch']}, read_threads {m['read_threads']}, {m['cpus']} CPUs",
+           f"flip), batch {m['batch']}, read_threads {m['read_threads']}, {m['cpus']} CPUs, "
+           f"load average {m['load_average']:.1f}",
            "", "| data.num_workers | images/s (steady) | first batch s |", "|---:|---:|---:|"]
   for w, r in m["pipeline"].items():
     label = f"{w} (threads)" if w == 0 else str(w)
     lines.append(f"| {label} | {r['images_per_s']:.0f} | {r['first_batch_s']:.1f} |")
-  lines += ["", f"one process, read + decode + resize + crop + flip alone: "
-                f"{m['decode_per_process']:.0f} images/s; one worker through grain: "
-                f"{m['per_worker']:.0f} images/s"]
+  lines += ["", f"one process, read + decode + resize + crop + flip alone, one thread: "
+                f"{m['decode_per_process']:.0f} images/s, {m['decode_per_cpu_second']:.0f} "
+                "images per CPU-second (= per worker process in the rule below)"]
   for name, rate in rates.items():
     lines.append(f"{name} at {rate:.0f} images/s needs {workers_needed(rate, m['per_worker'])} "
                  f"worker processes ({m['cpus']} CPUs here; auto would use "

@@ -60,10 +60,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.crop_size = 224
   c.data.eval_size = 224       # val/test: resize; also the score-map size
   # grain worker processes; 0: read_threads threads in this process; -1 (auto): 0 on the
-  # CPU backend, else min(CPUs - 1, ceil(1000 / 200)) = 5 processes on a 6+-CPU machine:
-  # 1000 images/s (an H100's stage-1 step, bf16) / 200 images/s per worker process (one
-  # core: 224x224 crops of 500x375 JPEGs); fcam_jax/data/pipeline.py `auto_workers`,
-  # benchmarks/README.md "Input pipeline".
+  # CPU backend (XLA computes on the cores), else min(CPUs - 1, ceil(1000 / 250)) = 4
+  # processes on a 5+-CPU machine: 1000 images/s (an H100's stage-1 step target, bf16) /
+  # 250 images/s per worker (one core: 224x224 crops of 500x375 JPEGs); see
+  # fcam_jax/data/pipeline.py `auto_workers` and benchmarks/README.md "Input pipeline".
   c.data.num_workers = -1
   c.data.read_threads = 4
   c.data.prefetch = 64        # grain prefetch buffer, in images
