@@ -560,9 +560,12 @@ class Check:
   def input_item(self):
     def fn():
       cub, metadata = self.release()
+      cpus = pipeline.available_cpus()
       m = bench_input.measure(cub, metadata, self.input_workers, batch=self.batch,
-                              decode_images=32 if self.quick else 200)
+                              decode_images=32 if self.quick else 200,
+                              thread_counts=[] if self.quick or cpus <= 5 else [cpus - 1])
       m["pipeline"] = {str(k): v for k, v in m["pipeline"].items()}
+      m["threads"] = {str(k): v for k, v in m["threads"].items()}
       m["auto_workers"] = pipeline.auto_workers("gpu", m["cpus"])
       self.results["input"].update(m)
       self.results["input"]["status"] = "ok"
@@ -753,6 +756,14 @@ class Check:
         "1 / (1/GradCAM + 1/F-CAM) (the CAM and the F-CAM of each image); input rate: the best "
         "measured data.num_workers; pipeline start: the first-batch time with the auto worker "
         "count. Batch 32, ResNet50 (or the --quick backbone), the measured rates of this run.")
+    per_worker = inp.get("decode_per_cpu_second")
+    if per_worker:  # the workers the measured step rates need (the auto rule's question)
+      need = {}
+      for r in self.results["steps"]:
+        if r.get("status") == "ok" and r["backbone"] == b and r["parallel"] == "pmap":
+          need[f"{b} {r['stage']} {r['precision']} ({r['images_per_s']:.0f} images/s)"] = (
+              bench_input.workers_needed(r["images_per_s"], per_worker))
+      out["workers_needed"] = need
     out["input_rate"] = input_rate
     out["pipeline_start_s"] = start
     self.results["projection"] = out
@@ -858,9 +869,16 @@ class Check:
       for w, p in inp["pipeline"].items():
         row("input", f"data.num_workers={w}{' (threads)' if w == '0' else ''}, b{inp['batch']}",
             f"{p['images_per_s']:.0f} images/s; first batch {p['first_batch_s']:.1f} s", "", "")
-      row("input", "one process, decode + transform alone",
-          f"{inp['decode_per_process']:.0f} images/s; auto = {inp['auto_workers']} workers",
-          "", "")
+      for n, p in inp.get("threads", {}).items():
+        row("input", f"data.num_workers=0, read_threads={n}, b{inp['batch']}",
+            f"{p['images_per_s']:.0f} images/s; first batch {p['first_batch_s']:.1f} s", "", "")
+      row("input", "one thread, read + decode + transform alone",
+          f"{inp['decode_per_process']:.0f} images/s, {inp['decode_per_cpu_second']:.0f} per "
+          f"CPU-second; data.num_workers=-1 on an accelerator with these CPUs: "
+          f"{inp['auto_workers']} workers", "", "")
+      for figure, n in res["projection"].get("workers_needed", {}).items():
+        row("input", f"worker processes to feed {figure}", f"{n} (at the per-CPU-second rate)",
+            "", "")
     else:
       row("input", "pipeline", inp.get("status", "not run"), "", "")
     for r in res["metrics"]:

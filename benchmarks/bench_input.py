@@ -41,6 +41,8 @@ _IMAGES = flags.DEFINE_integer("images", 1024, "Images in the train split (at le
 _WORKERS = flags.DEFINE_list("workers", ["0", "1", "2"], "data.num_workers values to time.")
 _BATCH = flags.DEFINE_integer("batch", 32, "Batch size.")
 _THREADS = flags.DEFINE_integer("read_threads", 4, "config.data.read_threads.")
+_MORE_THREADS = flags.DEFINE_list("more_threads", [], "More read_threads values to time with "
+                                  "data.num_workers=0.")
 _STAGE1 = flags.DEFINE_float("stage1_rate", 1000.0, "Stage-1 step rate to feed, images/s.")
 _STAGE2 = flags.DEFINE_float("stage2_rate", 500.0, "Stage-2 step rate to feed, images/s.")
 _ROOT = flags.DEFINE_string("root", "", "Folder for the release (default: a temporary one).")
@@ -155,8 +157,11 @@ def workers_needed(rate: float, per_worker: float) -> int:
 
 
 def measure(cub: str, metadata: str, workers: Sequence[int], batch: int = 32,
-            read_threads: int = 4, decode_images: int = 100) -> Dict:
-  """The figures of this benchmark for an existing release (see `write_release`)."""
+            read_threads: int = 4, decode_images: int = 100,
+            thread_counts: Sequence[int] = ()) -> Dict:
+  """The figures of this benchmark for an existing release (see `write_release`);
+  `thread_counts`: more `read_threads` values to time with data.num_workers=0 (threads
+  have no start to pay each epoch, but share one interpreter)."""
   config = dataset_config(cub, metadata, read_threads=read_threads)
   split = sources.load_splits(config, ("train",))["train"]
   wall, per_cpu_s = decode_rate(split, config, decode_images)
@@ -164,6 +169,8 @@ def measure(cub: str, metadata: str, workers: Sequence[int], batch: int = 32,
          "cpus": pipeline.available_cpus(), "load_average": os.getloadavg()[0],
          "decode_per_process": wall, "decode_per_cpu_second": per_cpu_s}
   out["pipeline"] = {int(w): train_rate(split, config, int(w), batch) for w in workers}
+  out["threads"] = {int(n): train_rate(split, config_lib.override(
+      config, {"data.read_threads": int(n)}, "bench_input"), 0, batch) for n in thread_counts}
   # What one worker process sustains on a core of its own: the images per CPU-second of
   # the bare read + transform (its read_threads overlap file reads; with cores to spare
   # they may take more than one: the 1-worker pipeline's rate shows how much).
@@ -180,13 +187,18 @@ def table(m: Dict, rates: Dict[str, float]) -> str:
   for w, r in m["pipeline"].items():
     label = f"{w} (threads)" if w == 0 else str(w)
     lines.append(f"| {label} | {r['images_per_s']:.0f} | {r['first_batch_s']:.1f} |")
+  for n, r in m.get("threads", {}).items():
+    lines.append(f"| 0, read_threads={n} | {r['images_per_s']:.0f} | {r['first_batch_s']:.1f} |")
   lines += ["", f"one process, read + decode + resize + crop + flip alone, one thread: "
                 f"{m['decode_per_process']:.0f} images/s, {m['decode_per_cpu_second']:.0f} "
                 "images per CPU-second (= per worker process in the rule below)"]
   for name, rate in rates.items():
-    lines.append(f"{name} at {rate:.0f} images/s needs {workers_needed(rate, m['per_worker'])} "
-                 f"worker processes ({m['cpus']} CPUs here; auto would use "
-                 f"{pipeline.auto_workers('gpu', m['cpus'], rate, m['per_worker'])})")
+    need = workers_needed(rate, m["per_worker"])
+    lines.append(f"{name} at {rate:.0f} images/s needs {need} worker processes at this "
+                 f"per-worker rate ({min(need, m['cpus'] - 1)} with the {m['cpus']} CPUs here)")
+  lines.append(f"data.num_workers=-1 (auto: {pipeline.AUTO_TARGET_RATE:.0f} / "
+               f"{pipeline.AUTO_PER_WORKER_RATE:.0f} images/s) on an accelerator with these "
+               f"CPUs: {pipeline.auto_workers('gpu', m['cpus'])} workers")
   return "\n".join(lines)
 
 
@@ -200,7 +212,8 @@ def main(argv):
     t0 = time.time()
     cub, metadata = write_release(root, images)
     print(f"release written in {time.time() - t0:.0f}s", flush=True)
-    m = measure(cub, metadata, workers, _BATCH.value, _THREADS.value)
+    m = measure(cub, metadata, workers, _BATCH.value, _THREADS.value,
+                thread_counts=[int(n) for n in _MORE_THREADS.value])
   finally:
     if not _ROOT.value:
       shutil.rmtree(root, ignore_errors=True)
