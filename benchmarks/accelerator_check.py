@@ -865,10 +865,12 @@ class Check:
       tgt, st = target_for("crf", "CRF") if r["grid_cell"] == 0.5 else ("", "")
       row("CRF", item, text, tgt, st)
     inp = res["input"]
+    few = " (--quick: too few batches for a steady state)" if self.quick else ""
     if inp.get("status") == "ok":
       for w, p in inp["pipeline"].items():
         row("input", f"data.num_workers={w}{' (threads)' if w == '0' else ''}, b{inp['batch']}",
-            f"{p['images_per_s']:.0f} images/s; first batch {p['first_batch_s']:.1f} s", "", "")
+            f"{p['images_per_s']:.0f} images/s{few}; first batch {p['first_batch_s']:.1f} s",
+            "", "")
       for n, p in inp.get("threads", {}).items():
         row("input", f"data.num_workers=0, read_threads={n}, b{inp['batch']}",
             f"{p['images_per_s']:.0f} images/s; first batch {p['first_batch_s']:.1f} s", "", "")
