@@ -534,11 +534,12 @@ class Check:
   def start_release(self):
     """Writes the release in a background process (CPU work beside the device's)."""
     root = os.path.join(self.workdir, "release")
-    code = ("import sys; sys.path[:0] = [%r, %r]; import bench_input; "
+    here = os.path.dirname(os.path.abspath(__file__))
+    code = ("import sys, time; t = time.time(); sys.path[:0] = [%r, %r]; import bench_input; "
             "bench_input.write_release(%r, %d, distinct_per_class=%d, val_per_class=%d, "
-            "test_per_class=%d)" % (REPO, os.path.dirname(os.path.abspath(__file__)), root,
-                                    self.train_images, 1 if self.quick else 4,
-                                    1 if self.quick else 2, 1 if self.quick else 4))
+            "test_per_class=%d); print('release_s', time.time() - t)"
+            % (REPO, here, root, self.train_images, 1 if self.quick else 4,
+               1 if self.quick else 2, 1 if self.quick else 4))
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     self._release = (proc, os.path.join(root, "CUB_200_2011"), os.path.join(root, "metadata"),
@@ -549,7 +550,10 @@ class Check:
     proc, cub, metadata, t0 = self._release
     if proc.returncode is None:
       out, _ = proc.communicate()
-      self.results["input"]["release_s"] = round(time.perf_counter() - t0, 1)
+      self.results["input"]["release_wait_s"] = round(time.perf_counter() - t0, 1)
+      for line in out.splitlines():
+        if line.startswith("release_s "):
+          self.results["input"]["release_s"] = round(float(line.split()[1]), 1)
       if proc.returncode != 0:
         self.results["input"]["release_log_tail"] = out[-2000:]
     if proc.returncode != 0:
