@@ -24,6 +24,7 @@ PACKAGES=(grain tensorflow-datasets array_record ml_collections clu
           importlib_resources)  # tfds imports it for builders in packages (the synthetic set)
 BUILT=(promise)       # sdist only on PyPI: `pip wheel`
 
+QUIET="is ignored: it is neither a file nor a directory"  # this VM's pip config: noise
 norm() { echo "$1" | tr 'A-Z_.' 'a-z--'; }
 version_of() {        # NAME -> its constraints.txt version (names compared normalised)
   local want; want=$(norm "$1")
@@ -39,10 +40,11 @@ for pkg in "${PACKAGES[@]}"; do
   "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
     --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-    --platform manylinux1_x86_64 -d "$DEST" "$spec"
+    --platform manylinux1_x86_64 -d "$DEST" "$spec" 2> >(grep -v "$QUIET" >&2)
 done
 for pkg in "${BUILT[@]}"; do
-  "$PY" -m pip wheel -q --no-deps -w "$DEST" "$pkg==$(version_of "$pkg")"
+  "$PY" -m pip wheel -q --no-deps -w "$DEST" "$pkg==$(version_of "$pkg")" \
+    2> >(grep -v "$QUIET" >&2)
 done
 
 # One file per package (two versions of one stop the whole install there).
@@ -50,15 +52,15 @@ dups=$(ls "$DEST"/*.whl | xargs -n1 basename | cut -d- -f1 | tr 'A-Z.' 'a-z_' | 
 [[ -z "$dups" ]] || { echo "error: several wheels of: $dups" >&2; exit 1; }
 
 echo "wheels in $DEST:"
-du -k "$DEST"/*.whl | sort -rn | awk '{printf "  %8.1f KiB  %s\n", $1, $2}'
-wheels_kib=$(du -ck "$DEST"/*.whl | tail -1 | cut -f1)
+stat -c '%s %n' "$DEST"/*.whl | sort -rn | awk '{printf "  %8.1f KiB  %s\n", $1 / 1024, $2}'
+wheels_b=$(stat -c %s "$DEST"/*.whl | awk '{s += $1} END {print s}')
 # What travels: tracked + untracked-not-ignored files, plus the carried .whl.
-tree_kib=$( (git ls-files -z; git ls-files -z --others --exclude-standard) |
-            xargs -0 du -ck 2>/dev/null | awk '/\ttotal$/ {s += $1} END {print s + 0}')
-total_mib=$(( (wheels_kib + tree_kib + 1023) / 1024 ))
-printf 'wheels %.1f MiB + working tree %.1f MiB = %d MiB (limit %d MiB, keep under %d)\n' \
-  "$(echo "$wheels_kib/1024" | bc -l)" "$(echo "$tree_kib/1024" | bc -l)" "$total_mib" \
-  "$LIMIT_MIB" "$((LIMIT_MIB - MARGIN_MIB))"
+tree_b=$( (git ls-files -z; git ls-files -z --others --exclude-standard) |
+          xargs -0 stat -c %s 2>/dev/null | awk '{s += $1} END {print s + 0}')
+total_mib=$(( (wheels_b + tree_b + 1048575) / 1048576 ))
+awk -v w="$wheels_b" -v t="$tree_b" -v n="$total_mib" -v l="$LIMIT_MIB" -v m="$MARGIN_MIB" \
+  'BEGIN {printf "wheels %.1f MiB + working tree %.1f MiB = %d MiB (limit %d MiB, keep under %d)\n",
+          w / 1048576, t / 1048576, n, l, l - m}'
 if (( total_mib > LIMIT_MIB - MARGIN_MIB )); then
   echo "error: too close to the ${LIMIT_MIB} MiB a device call may carry" >&2; exit 1
 fi
