@@ -991,7 +991,7 @@ def finish(check: Check, lock: threading.Lock, note: str = "") -> bool:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  logging.set_verbosity(logging.WARNING)
+  logging.set_verbosity(logging.ERROR)  # orbax warns at every read-only checkpoint open
   workdir = _WORKDIR.value or tempfile.mkdtemp(prefix="accelerator_check_")
   os.makedirs(workdir, exist_ok=True)
   check = Check(os.path.abspath(_OUT.value), _BUDGET.value, _QUICK.value, workdir)
