@@ -104,6 +104,9 @@ _TRAIN_IMAGES = flags.DEFINE_integer("train_images", None, "Train images of the 
                                      "with CPUs - 1 workers; --quick 32).")
 _HARD_LIMIT = flags.DEFINE_float("hard_limit_s", None, "Stop here whatever is running, after "
                                  "writing the table (default --budget_s + 45; exit code 3).")
+_SKIP = flags.DEFINE_list("skip", [], "Groups left out (a second run's focus): steps, crf, "
+                          "inference, input (and the host evaluators), e2e, parallel, "
+                          "max_batch.")
 _WORKDIR = flags.DEFINE_string("workdir", "", "Keep the release, checkpoints and the end-to-end "
                                "run here (default: a temporary folder, removed).")
 
@@ -621,9 +624,13 @@ class Check:
     e2e = self.results["e2e"]
     backbone = self.main_backbone
     arg = f"{backbone},cam"
-    r50 = [r for r in self.results["steps"] if r.get("backbone") == backbone and
-           r.get("precision") == "fp32" and r.get("status") == "ok"]
-    compile_guess = sum(r["first_call_s"] for r in r50) or (60.0 if self.quick else 150.0)
+    firsts = {}  # the first call of each stage's step (fp32 preferred): what it compiles
+    for r in self.results["steps"]:
+      if r.get("backbone") == backbone and r.get("status") == "ok":
+        if r["stage"] not in firsts or r["precision"] == "fp32":
+          firsts[r["stage"]] = r["first_call_s"]
+    default = 30.0 if self.quick else 75.0
+    compile_guess = firsts.get("stage1", default) + firsts.get("stage2", default)
     estimate = 1.5 * compile_guess + (20.0 if self.quick else 60.0)
 
     def fn():
@@ -932,40 +939,63 @@ class Check:
     return "\n".join(lines)
 
 
-def plan(check: Check):
-  """The items in priority order."""
+GROUPS = ("steps", "crf", "inference", "input", "e2e", "parallel", "max_batch")
+
+
+def plan(check: Check, skip=()):
+  """The items in priority order: the recipe's stage-2 step (F-CAM's cost) and the targets'
+  figures, then what completes the bf16 projection, the input and the end-to-end run
+  (the real path on the device), what completes the fp32 one, the jit backend, the
+  largest batches, the other backbones. `skip`: groups of GROUPS left out."""
   main, precisions = check.main_backbone, check.precisions
-  first = "fp32" if "fp32" in precisions else precisions[0]
-  check.start_release()
-  for precision in precisions:  # the recipe's step first (stage 2 is F-CAM's cost)
-    profile = _PROFILE.value if (precision == _PROFILE_PRECISION.value) else ""
-    check.step_item(main, precision, "stage2", profile_dir=profile)
-  for precision in reversed(precisions):
-    check.step_item(main, precision, "stage1")
-  for cell in (0.5, 1.0):
-    check.crf_item(cell)
-  for precision in reversed(precisions):
-    check.inference_item(main, precision, "fcam")
-    check.inference_item(main, precision, "gradcam")
-  pmap = [r for r in check.results["steps"] if r["backbone"] == main and r["stage"] == "stage2"
-          and r["precision"] == first and r["parallel"] == "pmap"]
-  check.results["parallel"].extend(dict(r) for r in pmap)  # the table compares both
-  check.step_item(main, first, "stage2", parallel="jit", section="parallel")
-  check.input_item()
-  check.metrics_item()
-  check.e2e_item()
-  check.max_batch_item(main, "stage2", first)
-  if not check.quick:
-    check.max_batch_item(main, "stage1", first)
+  fast = "bf16" if "bf16" in precisions else precisions[0]
+  slow = [p for p in precisions if p != fast]
+  first = "fp32" if "fp32" in precisions else precisions[0]  # the recipe's default
+  on = lambda group: group not in skip  # noqa: E731
+  if on("input") or on("e2e"):
+    check.start_release()
+  if on("steps"):
+    for precision in [first] + [p for p in precisions if p != first]:
+      profile = _PROFILE.value if precision == _PROFILE_PRECISION.value else ""
+      check.step_item(main, precision, "stage2", profile_dir=profile)
+    check.step_item(main, fast, "stage1")
+  if on("crf"):
+    for cell in (0.5, 1.0):
+      check.crf_item(cell)
+  if on("inference"):
+    check.inference_item(main, fast, "fcam")
+    check.inference_item(main, fast, "gradcam")
+  if on("input"):
+    check.input_item()
+    check.metrics_item()
+  if on("e2e"):
+    check.e2e_item()
+  for precision in slow:
+    if on("steps"):
+      check.step_item(main, precision, "stage1")
+    if on("inference"):
+      check.inference_item(main, precision, "fcam")
+      check.inference_item(main, precision, "gradcam")
+  if on("parallel"):
+    pmap = [r for r in check.results["steps"] if r["backbone"] == main
+            and r["stage"] == "stage2" and r["precision"] == first and r["parallel"] == "pmap"]
+    check.results["parallel"].extend(dict(r) for r in pmap)  # the table compares both
+    check.step_item(main, first, "stage2", parallel="jit", section="parallel")
+  if on("max_batch"):
+    check.max_batch_item(main, "stage2", first)
+    if not check.quick:
+      check.max_batch_item(main, "stage1", first)
   for backbone in check.backbones[1:]:
-    for precision in reversed(precisions):
-      check.step_item(backbone, precision, "stage2")
-      check.step_item(backbone, precision, "stage1")
-    for precision in reversed(precisions):
-      check.inference_item(backbone, precision, "fcam")
-      check.inference_item(backbone, precision, "gradcam")
-  for backbone in check.backbones[1:]:
-    check.max_batch_item(backbone, "stage2", first)
+    for precision in [fast] + slow:
+      if on("steps"):
+        check.step_item(backbone, precision, "stage2")
+        check.step_item(backbone, precision, "stage1")
+      if on("inference"):
+        check.inference_item(backbone, precision, "fcam")
+        check.inference_item(backbone, precision, "gradcam")
+  if on("max_batch"):
+    for backbone in check.backbones[1:]:
+      check.max_batch_item(backbone, "stage2", first)
 
 
 def finish(check: Check, lock: threading.Lock, note: str = "") -> bool:
@@ -1017,7 +1047,11 @@ def main(argv):
   watchdog.daemon = True
   watchdog.start()
   try:
-    plan(check)
+    unknown = set(_SKIP.value) - set(GROUPS)
+    if unknown:
+      raise app.UsageError(f"--skip: unknown groups {sorted(unknown)}; groups: {GROUPS}")
+    check.results["settings"]["skip"] = list(_SKIP.value)
+    plan(check, skip=tuple(_SKIP.value))
   finally:
     watchdog.cancel()
     finish(check, lock)
