@@ -59,7 +59,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.resize_size = 256     # train: resize (aspect not kept), random crop, flip
   c.data.crop_size = 224
   c.data.eval_size = 224       # val/test: resize; also the score-map size
-  c.data.num_workers = 0       # grain worker processes (0: threads in this process)
+  # grain worker processes; 0: read_threads threads in this process; -1 (auto): 0 on the
+  # CPU backend (XLA computes on the cores), else min(CPUs - 1, ceil(1000 / 250)) = 4
+  # processes on a 5+-CPU machine: 1000 images/s (an H100's stage-1 step target, bf16) /
+  # 250 images/s per worker (one core: 224x224 crops of 500x375 JPEGs); see
+  # fcam_jax/data/pipeline.py `auto_workers` and benchmarks/README.md "Input pipeline".
+  c.data.num_workers = -1
   c.data.read_threads = 4
   c.data.prefetch = 64        # grain prefetch buffer, in images
   c.data.on_error = "fail"     # fail | skip: a bad image stops the run naming file:line, or is
@@ -263,10 +268,13 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
             "fcam.size.t_init", "fcam.size.t_mult", "fcam.size.t_max", "fcam.reference_size",
             "log_every_steps", "checkpoint_every_epochs")
   _positive(config, "stage1.epochs", "stage2.epochs", "stage1.weight_decay",
-            "stage2.weight_decay", "data.num_workers", "cam.smooth_std",
+            "stage2.weight_decay", "cam.smooth_std",
             "fcam.seeds.sl_max", "fcam.seeds.sl_min", "stage1.lr_decay_epochs",
             "stage2.lr_decay_epochs", "eval.num_figures", "fcam.crf.batch_chunk",
             allow_zero=True)
+  if config.data.num_workers < -1:
+    raise ConfigError(f"config.data.num_workers={config.data.num_workers!r}: must be >= 0, "
+                      "or -1 (auto)")
   if config.data.crop_size > config.data.resize_size:
     raise ConfigError(f"config.data.crop_size={config.data.crop_size} is larger than "
                       f"config.data.resize_size={config.data.resize_size}")

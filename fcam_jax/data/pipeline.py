@@ -14,10 +14,19 @@ error naming it, before the batch that holds it is yielded; with
 of the epoch's order (so batches keep their shape and the same order on any number
 of processes), and in evaluation by a masked-out entry (mask 0: it counts zero times,
 every readable image once). Either way it is logged once in the split's SkipLog.
+
+Where the work runs: `config.data.num_workers` grain worker processes (spawned, the
+dataset sent by cloudpickle; each reads and transforms whole batches, in order), or
+with 0 `config.data.read_threads` threads of this process. -1 (the default) is `auto`,
+resolved when a pipeline starts (`num_workers`): 0 on the CPU backend, else enough
+workers for the accelerator's step rate (benchmarks/README.md, "Input pipeline").
 """
 
-from typing import Dict, Iterable, Iterator, Sequence
+import math
+import os
+from typing import Dict, Iterable, Iterator, Optional, Sequence
 
+from absl import flags
 import grain
 import numpy as np
 from PIL import Image
@@ -141,12 +150,70 @@ class EvalTransform(grain.transforms.Map):
     return {**item, "image": _resize(item["image"], self.eval_size)}
 
 
-def _finish(ds: grain.MapDataset, config) -> grain.IterDataset:
+# `data.num_workers=-1` (auto), from benchmarks/README.md "Input pipeline": the images/s
+# the input path must sustain on an accelerator (the stage-1 step's target on one H100,
+# bf16; stage 2 needs half) and what one worker process sustains on a core of its own
+# (224x224 crops of CUB-like 500x375 JPEGs: 350-370 images per CPU-second on the
+# development VM's EPYC, the generated images and a photo alike; 250 leaves ~30 % for
+# grain's transfer of the batches and slower cores).
+AUTO = -1
+AUTO_TARGET_RATE = 1000.0
+AUTO_PER_WORKER_RATE = 250.0
+
+
+def available_cpus() -> int:
+  """The CPUs this process may run on (its affinity mask, else os.cpu_count())."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except (AttributeError, OSError):
+    return os.cpu_count() or 1
+
+
+def auto_workers(backend: str, cpus: int, target_rate: float = AUTO_TARGET_RATE,
+                 per_worker_rate: float = AUTO_PER_WORKER_RATE) -> int:
+  """The rule of `data.num_workers=-1`: 0 on the CPU backend (worker processes would
+  take the cores XLA computes on: threads in this process read instead); elsewhere
+  min(cpus - 1, ceil(target_rate / per_worker_rate)), leaving one core to this process
+  (it feeds the device and scores the evaluation's maps)."""
+  if backend == "cpu":
+    return 0
+  return max(0, min(cpus - 1, math.ceil(target_rate / per_worker_rate)))
+
+
+def num_workers(config, backend: Optional[str] = None) -> int:
+  """`config.data.num_workers` with -1 (auto) resolved by `auto_workers` for `backend`
+  (default: JAX's default backend)."""
+  value = int(config.data.num_workers)
+  if value != AUTO:
+    return value
+  if backend is None:
+    import jax  # pylint: disable=g-import-not-at-top
+    backend = jax.default_backend()
+  return auto_workers(backend, available_cpus())
+
+
+def _iterate(it: grain.DatasetIterator) -> Iterator:
+  """`it`'s elements; closes it at the end (or when the consumer drops this generator), so
+  that worker processes stop with their epoch, not whenever the iterator is collected."""
+  try:
+    yield from it
+  finally:
+    close = getattr(it, "close", None)
+    if close is not None:
+      close()
+
+
+def _finish(ds: grain.MapDataset, config) -> Iterator:
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=config.data.read_threads,
                                             prefetch_buffer_size=config.data.prefetch))
-  if config.data.num_workers > 0:
-    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.data.num_workers))
-  return it
+  workers = num_workers(config)
+  if workers > 0:
+    # grain reads its own absl flags when it starts workers; a caller that never parsed
+    # flags (a library user, a notebook, a test) runs with their defaults.
+    if not flags.FLAGS.is_parsed():
+      flags.FLAGS.mark_as_parsed()
+    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
+  return _iterate(iter(it))
 
 
 def train_batches(split: Split, config, *, global_batch: int, epoch: int, start_step: int = 0,
@@ -163,7 +230,7 @@ def train_batches(split: Split, config, *, global_batch: int, epoch: int, start_
   skip = sources.on_error(config) == "skip"
   ds = grain.MapDataset.source(_TrainItems(split.source, perm, positions, skip))
   ds = ds.map(TrainTransform(config.data.resize_size, config.data.crop_size, seed, epoch))
-  batches = iter(_finish(ds.batch(local, drop_remainder=True), config))
+  batches = _finish(ds.batch(local, drop_remainder=True), config)
   return _log_unreadable(batches, split) if skip else batches
 
 
@@ -182,7 +249,7 @@ def eval_batches(split: Split, config, *, local_batch: int, process_index: int =
   skip = sources.on_error(config) == "skip"
   ds = grain.MapDataset.source(_EvalItems(split.source, order, valid, skip))
   ds = ds.map(EvalTransform(config.data.eval_size))
-  batches = iter(_finish(ds.batch(local_batch), config))
+  batches = _finish(ds.batch(local_batch), config)
   return _log_unreadable(batches, split) if skip else batches
 
 
