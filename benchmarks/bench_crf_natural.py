@@ -6,6 +6,7 @@ r"""The dense CRF loss on natural-looking images: accuracy, speed, the original'
   python benchmarks/bench_crf_natural.py --mode=timing [--batch=32] [--size=224]
       [--cells=0.5,1.0] [--rounds=5] [--baseline=REV] [--lattice=DIR]
   python benchmarks/bench_crf_natural.py --mode=mass --lattice=DIR [--size=224]
+      [--cells=0.5,1.0]
 
 accuracy: for each image size x sigma_xy x sigma_rgb x grid_cell, the loss and its
 gradient (the custom VJP) on every image of `natural_images.natural_set` (12 kinds x 2
@@ -23,7 +24,8 @@ original's C++ permutohedral lattice (sbelharbi/fcam-wsol dlib/crf/crfwrapper/
 bilateralfilter, built there with SWIG as its setup.py does) in the same rounds.
 
 mass: the original lattice's loss and logit gradient against the exact sum on the
-natural set at the default sigmas (100, 15), as ratios: how much weaker its kernel is.
+natural set at the default sigmas (100, 15), as ratios: how much weaker its kernel is;
+with, for scale, the lattice's and fcam_jax's grid's logit-gradient cosines.
 """
 
 import functools
@@ -273,25 +275,39 @@ def timing():
 
 
 def mass():
-  """The original lattice's loss and logit gradient relative to the exact sum."""
+  """The original lattice's loss and logit gradient relative to the exact sum, and for
+  scale fcam_jax's grid at `--cells` on the same images."""
   lattice = load_lattice()
-  size = _SIZE.value
+  size, cells = _SIZE.value, [float(c) for c in _CELLS.value]
   names, images, logits = natural_images.natural_set(size, _SEED.value)
   probs = natural_images.softmax(logits)
-  print(f"{size}x{size}, sigma_xy 100, sigma_rgb 15; original lattice / exact")
-  print("| image | loss ratio | logit-gradient ratio (projection) | gradient cosine |")
-  print("|---|---|---|---|")
-  loss_r, grad_r = [], []
-  for name, p, i in zip(names, probs, images):
+  grid = {cell: per_image_loss_and_logit_grad(crf, logits, images, grid_cell=cell)
+          for cell in cells}
+  print(f"{size}x{size}, sigma_xy 100, sigma_rgb 15; ratios to the exact sum: loss, and the "
+        f"logit gradient's projection onto the exact one; cos: the logit gradient's cosine")
+  print("| image | lattice loss ratio | lattice gradient ratio | lattice cos | "
+        + " | ".join(f"grid@{c:g} loss ratio | grid@{c:g} cos" for c in cells) + " |")
+  print("|---" * (4 + 2 * len(cells)) + "|")
+  loss_r, grad_r, cos_l = [], [], []
+  cos_g = {cell: [] for cell in cells}
+  for n, (name, p, i) in enumerate(zip(names, probs, images)):
     ws = exact_filter(p, i, 100.0, 15.0)
     lws = lattice_filter(lattice, p[None].astype(np.float32), i[None].astype(np.float32))[0]
     g, gl = logit_grad(p, -2 * ws), logit_grad(p, -2 * lws.astype(np.float64))
     loss_r.append(np.sum(p * lws) / np.sum(p * ws))
     grad_r.append(np.sum(gl * g) / np.sum(g * g))
-    print(f"| {name} | {loss_r[-1]:.3f} | {grad_r[-1]:.3f} | {cosine(gl, g):.4f} |", flush=True)
-  for label, r in (("loss", loss_r), ("logit gradient", grad_r)):
+    cos_l.append(cosine(gl, g))
+    row = f"| {name} | {loss_r[-1]:.3f} | {grad_r[-1]:.3f} | {cos_l[-1]:.4f} |"
+    for cell in cells:
+      losses, grads = grid[cell]
+      cos_g[cell].append(cosine(grads[n], g))
+      row += f" {losses[n] / -np.sum(p * ws):.4f} | {cos_g[cell][-1]:.4f} |"
+    print(row, flush=True)
+  for label, r in (("lattice loss", loss_r), ("lattice logit gradient", grad_r)):
     print(f"{label} ratio: median {np.median(r):.3f}, mean {np.mean(r):.3f}, "
           f"range {min(r):.3f}-{max(r):.3f}, 1 / median {1 / np.median(r):.2f}")
+  print(f"worst logit-gradient cosine: lattice {min(cos_l):.4f}, " + ", ".join(
+      f"grid@{c:g} {min(cos_g[c]):.4f}" for c in cells))
 
 
 def main(argv):
