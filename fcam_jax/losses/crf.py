@@ -16,7 +16,7 @@ W S is computed without a permutohedral lattice, by one of two methods:
   sigma_xy 100, grid_cell 0.5), exactly, per pixel. Colour: a 3-D grid over
   (r, g, b) / sigma_rgb with nodes spanning 0..255 at a pitch h <= `grid_cell`. Each pixel
   adds its K values times its M mode weights to one colour node, the lower or upper one
-  per axis with the tent weights as probabilities (ordered dithering, two stratified
+  per axis with the tent weights as probabilities (ordered dithering, four stratified
   rows per pixel: a trilinear splat on average, for the price of a nearest one); the grid
   is blurred by a node-to-node Gaussian per axis and read back trilinearly, then the M
   values are summed with the pixel's mode weights. The splat and slice widen the
@@ -60,7 +60,7 @@ import numpy as np
 METHODS = ("auto", "grid", "direct")
 _WINDOW_SIGMAS = 4.0  # direct: spatial truncation radius, in sigma_xy
 _SPACE_RTOL = 4e-3  # grid: spatial modes kept, relative eigenvalue, times grid_cell^2
-_DITHER_ROWS = 2  # grid: colour nodes each pixel is splatted to (stratified thresholds)
+_DITHER_ROWS = 4  # grid: colour nodes each pixel is splatted to (stratified thresholds)
 _PRECISION = lax.Precision.HIGHEST  # the CRF's matrix products (see the module docstring)
 
 
@@ -298,24 +298,21 @@ def _splat(s, low, frac, c: _GridConsts):
   rows = s.reshape(bsz, h * w, k, 1) * jnp.asarray(c.modes)[None, :, None, :]
   rows = rows.reshape(-1, k * modes) / _DITHER_ROWS
   u = jnp.asarray(c.dither).reshape(h, w, 3)
-  index = [_colour_row(low + (frac > (u + j / _DITHER_ROWS) % 1.0).astype(jnp.int32), c, bsz)
-           for j in range(_DITHER_ROWS)]
   grid = jnp.zeros((c.nc ** 3 * bsz, k * modes), jnp.float32)
-  return grid.at[jnp.concatenate([i.reshape(-1) for i in index])].add(
-      jnp.concatenate([rows] * _DITHER_ROWS), mode="promise_in_bounds")
+  for j in range(_DITHER_ROWS):  # one scatter per row: a concatenated one copies the rows
+    node = low + (frac > (u + j / _DITHER_ROWS) % 1.0).astype(jnp.int32)
+    grid = grid.at[_colour_row(node, c, bsz).reshape(-1)].add(rows, mode="promise_in_bounds")
+  return grid
 
 
 def _blur_axis1(m, x):
-  """m (P, Q) applied to axis 1 of x (A, Q, N) -> (A, P, N).
+  """m (P, Q) applied to axis 1 of x (A, Q, N) -> (A, P, N), as a batched matmul.
 
-  For A > 1, as x (A, N, Q) @ m^T and a transpose: XLA:CPU runs a batched matmul over a
-  middle axis as A small products, several times slower when N is small.
+  The grid stays row-major: a plain einsum over a middle axis makes XLA:CPU first copy
+  the whole grid into another layout.
   """
-  m = jnp.asarray(m)
-  if x.shape[0] == 1:
-    return lax.dot_general(m, x[0], (((1,), (0,)), ((), ())), precision=_PRECISION)[None]
-  out = lax.dot_general(x, m, (((1,), (1,)), ((), ())), precision=_PRECISION)
-  return jnp.swapaxes(out, 1, 2)
+  m = jnp.broadcast_to(jnp.asarray(m), (x.shape[0],) + m.shape)
+  return lax.dot_general(m, x, (((2,), (1,)), ((0,), (0,))), precision=_PRECISION)
 
 
 def _blur_colour(grid, c: _GridConsts):
