@@ -263,14 +263,17 @@ def timing():
   print(f"batch {b} x {size}x{size} x 2, natural images, sigma_xy 100, sigma_rgb 15; "
         f"{bench_util.load()} at start")
   times = bench_util.interleave(fns, _ROUNDS.value)
-  first = next(iter(fns))
-  print("| program | median ms | range ms | per-round ratio to the first |")
-  print("|---|---|---|---|")
+  refs = [next(iter(fns))] + (["original lattice"] if "original lattice" in fns else [])
+  print("| program | median ms | range ms | "
+        + " | ".join(f"per-round ratio to {r}" for r in refs) + " |")
+  print("|---" * (3 + len(refs)) + "|")
   for name, t in times.items():
-    r = bench_util.ratios(t, times[first])
+    cols = []
+    for ref in refs:
+      r = bench_util.ratios(t, times[ref])
+      cols.append(f"{bench_util.median(r):.2f} ({bench_util.spread(r)})")
     print(f"| {name} | {1e3 * bench_util.median(t):.0f} | "
-          f"{bench_util.spread([1e3 * x for x in t], '{:.0f}')} | "
-          f"{bench_util.median(r):.2f} ({bench_util.spread(r)}) |")
+          f"{bench_util.spread([1e3 * x for x in t], '{:.0f}')} | " + " | ".join(cols) + " |")
   print(f"{bench_util.load()} at end")
 
 

@@ -13,7 +13,7 @@ W S is computed without a permutohedral lattice, by one of two methods:
   on the pixel grid is exp(-dy^2/2s^2) exp(-dx^2/2s^2), smooth and of low rank, so it is
   replaced by its leading eigenpairs, U U^T with U (H W, M) (products of the two axes'
   eigenvectors, kept to a relative eigenvalue of 4e-3 grid_cell^2: M = 13 at 224x224,
-  sigma_xy 100, grid_cell 0.5), exactly, per pixel. Colour: a 3-D grid over
+  sigma_xy 100, grid_cell 0.5), applied per pixel: no spatial nodes. Colour: a 3-D grid over
   (r, g, b) / sigma_rgb with nodes spanning 0..255 at a pitch h <= `grid_cell`. Each pixel
   adds its K values times its M mode weights to one colour node, the lower or upper one
   per axis with the tent weights as probabilities (ordered dithering, four stratified
@@ -27,8 +27,10 @@ W S is computed without a permutohedral lattice, by one of two methods:
   the blur's variance is the one for which d is 1 on average (mass kept). The error
   left, measured against the exact float64 sum on natural-looking images in
   benchmarks/README.md ("Dense CRF loss"), comes from the linear interpolation between
-  colour nodes and the dithering's noise; it grows with grid_cell. Work: about
-  M (H W (splat + 8 gathers) + 3 nc^4), nc = 255 / (h sigma_rgb) + 1.
+  colour nodes and the dithering's noise; it grows with grid_cell. The dithered W is
+  symmetric only on average, so the VJP -(2/B) W S differs from the gradient of the
+  grid's own loss by a few percent of noise (not in scale). Work: about
+  M (H W (4 scatter rows + 8 gathers) + 3 nc^4), nc = 255 / (h sigma_rgb) + 1.
 * `direct`: the exact sum over |dx|, |dy| <= 4 sigma_xy (the whole image if smaller), cost
   ~ H W (8 sigma_xy + 1)^2; for small sigma_xy, where the grid has too many modes.
 
@@ -41,10 +43,11 @@ a serial loop would only leave the device idle.
 Precision: the matrix products (colour blur, direct sum) run at HIGHEST, so that a GPU
 (TF32) or TPU (one bf16 pass) computes them in full fp32 like the CPU the errors were
 measured on. Determinism: on a CPU the splat's scatter-add runs in a fixed order, so the
-loss and gradient are bit-identical from run to run for the same inputs and shapes; on a
-GPU, XLA implements the scatter-add with float atomics, whose summation order varies, so
-results can differ from run to run in the last bits (relative ~1e-7 per grid value; the
-loss to ~1e-6), and batch_chunk or the batch size change the rounding on any backend.
+loss and gradient are bit-identical from run to run for the same inputs, shapes,
+batch_chunk and XLA version; on a GPU, XLA lowers the scatter-add to float atomics whose
+order varies, so results can differ from run to run in the last bits. The dither
+thresholds depend only on the pixel position: the approximation itself is the same
+everywhere. batch_chunk and the batch size change the summation order on any backend.
 """
 
 import functools
