@@ -1,4 +1,4 @@
-r"""Speed and accuracy of the dense CRF loss (fcam_jax.losses.dense_crf_loss), SPEC §6.
+r"""Speed and accuracy of the dense CRF loss (fcam_jax.losses.dense_crf_loss), design §6.
 
   python benchmarks/bench_crf.py [--batch=32] [--size=224] [--cells=0.5,0.75,1.0]
       [--chunks=4] [--exact_size=112] [--repeats=3] [--warmup=1]
@@ -9,8 +9,8 @@ seconds per call (the best of `repeats` calls after `warmup` calls, all listed) 
 grid_cell x batch_chunk (images per grid pass, 0: the whole batch); `temp MB` is XLA's temporary
 buffer size for that program. The error columns compare with the exact O(N^2) sum (numpy
 float64) on one synthetic photo-like image of `exact_size` (loss: relative error; gradient:
-cosine similarity). The original's C++ permutohedral lattice takes ~750 ms per batch of
-32 x 224 x 224 x 2 on a 2-core CPU and its output is ~0.6x the exact sum.
+cosine similarity). benchmarks/bench_crf_natural.py has the natural-image accuracy table
+and the comparison with the original's C++ permutohedral lattice.
 
 --accuracy: the sigma sweep (sigma_xy in 5..100 x sigma_rgb in 5, 15, 30) at
 `accuracy_size`, for `method='auto'` at the first cell and for the grid at each cell
@@ -37,7 +37,8 @@ from tests.losses.test_crf import (cosine, exact_loss_and_grad, synthetic_image,
 _BATCH = flags.DEFINE_integer("batch", 32, "Images per call.")
 _SIZE = flags.DEFINE_integer("size", 224, "Image side for the timing.")
 _CELLS = flags.DEFINE_list("cells", ["0.5", "0.75", "1.0"], "grid_cell values.")
-_CHUNKS = flags.DEFINE_list("chunks", ["4"], "batch_chunk values (0: the whole batch).")
+_CHUNKS = flags.DEFINE_list("chunks", ["-1"], "batch_chunk values (0: the whole batch, "
+                            "-1: crf.default_batch_chunk for the backend).")
 _SIGMA_XY = flags.DEFINE_float("sigma_xy", 100.0, "sigma_xy for the timing.")
 _SIGMA_RGB = flags.DEFINE_float("sigma_rgb", 15.0, "sigma_rgb for the timing.")
 _METHOD = flags.DEFINE_enum("method", "auto", list(crf.METHODS), "Method for the timing.")
@@ -61,10 +62,10 @@ def error(probs, images, reference, **kwargs):
 
 
 def grid_nodes(size, sigma_xy, sigma_rgb, cell):
+  """(grid values per image and channel, 'M modes x nc^3')."""
   c = crf._grid_consts(size, size, sigma_xy, sigma_rgb, cell)
-  tiles, modes = c.space.shape
-  space = f"{c.nodes}" if modes == c.nodes else f"{c.nodes}>{modes}"
-  return max(c.nodes, tiles) * c.nc ** 3, f"{space}|{tiles} x {c.nc}^3"
+  modes = c.modes.shape[1]
+  return modes * c.nc ** 3, f"{modes} x {c.nc}^3"
 
 
 def one_image(size, seed=0):
@@ -87,7 +88,7 @@ def timing():
           f"{time.perf_counter() - start:.1f} s (numpy float64)")
   print(f"batch {b} x {size}x{size} x 2, sigma_xy {sxy:g}, sigma_rgb {srgb:g}, "
         f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start")
-  print(f"{'cell':>5} {'chunk':>5} {'method':>6} {'nodes (space[>modes]|tiles x colour)':>36} "
+  print(f"{'cell':>5} {'chunk':>5} {'method':>6} {'grid (modes x colour)':>36} "
         f"{'compile s':>9} {'ms/batch':>9} {'temp MB':>8} {'loss err':>9} {'grad cos':>9}")
   for cell, chunk in itertools.product(map(float, _CELLS.value), map(int, _CHUNKS.value)):
     kwargs = dict(sigma_xy=sxy, sigma_rgb=srgb, grid_cell=cell, method=_METHOD.value,

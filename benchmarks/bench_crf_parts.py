@@ -1,14 +1,13 @@
 r"""Where the dense CRF's grid filtering spends its time: each part jitted and timed alone.
 
-  python benchmarks/bench_crf_parts.py [--batch=32] [--size=224] [--cells=0.5,0.75,1.0]
+  python benchmarks/bench_crf_parts.py [--chunk=4] [--size=224] [--cells=0.5,0.75,1.0]
       [--repeats=3]
 
-The parts of `fcam_jax.losses.crf._grid_filter` on the whole batch (batch_chunk 0), the
-same synthetic photo-like images as bench_crf.py: splat (nearest node, one scatter row
-per pixel), modes (the spatial nodes' grids onto the spatial operator's leading modes,
-one matmul, where they are few), colour blur (3 matmuls), expand (spatial blur +
-interpolation to the tiles, one matmul), slice (trilinear, 8 gathers per pixel); best
-of `repeats` calls, ms.
+The parts of `fcam_jax.losses.crf._grid_filter` on `--chunk` images (what one pass of the
+batch_chunk loop filters), the same synthetic photo-like images as bench_crf.py: colour
+cell (node and offset per pixel, the self-kernel normalisation), splat (the pixel's K x M
+mode-weighted values, dithered rows into the colour grid), colour blur (3 matmuls),
+slice (8 gathers per pixel and the sum over the modes); best of `repeats` calls, ms.
 """
 
 import os
@@ -26,10 +25,10 @@ import bench_util  # noqa: E402
 from fcam_jax.losses import crf  # noqa: E402
 from tests.losses.test_crf import synthetic_image, synthetic_probs  # noqa: E402
 
-_BATCH = flags.DEFINE_integer("batch", 32, "Images per call.")
 _SIZE = flags.DEFINE_integer("size", 224, "Image side.")
 _CELLS = flags.DEFINE_list("cells", ["0.5", "0.75", "1.0"], "grid_cell values.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed calls (after one warm-up).")
+_CHUNK = flags.DEFINE_integer("chunk", 4, "Images per filtering pass.")
 
 
 def best_ms(fn, *args):
@@ -42,25 +41,26 @@ def best_ms(fn, *args):
 
 def main(argv):
   del argv
-  b, size = _BATCH.value, _SIZE.value
+  b, size = _CHUNK.value, _SIZE.value
   images = np.stack([synthetic_image(size, size, seed=i) for i in range(b)])
   probs = np.stack([synthetic_probs(im, seed=i) for i, im in enumerate(images)])
   s, images = jnp.asarray(probs, jnp.float32), jnp.asarray(images, jnp.float32)
-  print(f"batch {b} x {size}x{size} x 2, sigma_xy 100, sigma_rgb 15, whole batch; "
+  print(f"{b} images x {size}x{size} x 2 (one pass), sigma_xy 100, sigma_rgb 15; "
         f"load average {os.getloadavg()[0]:.1f} at start")
-  print("| grid_cell | splat ms | to modes ms | colour blur ms | expand to tiles ms | slice ms "
-        "| sum ms |")
-  print("|---|---|---|---|---|---|---|")
+  print("| grid_cell | modes x colour nodes | colour cell ms | splat ms | colour blur ms "
+        "| slice ms | sum ms | whole filter ms |")
+  print("|---|---|---|---|---|---|---|---|")
   for cell in map(float, _CELLS.value):
     c = crf._grid_consts(size, size, 100.0, 15.0, cell)
-    grid, t_splat = best_ms(lambda s, i: crf._splat(s, i, c), s, images)
-    grid, t_modes = best_ms(lambda g: crf._to_modes(g, c), grid)
+    (low, frac), t_cell = best_ms(lambda i: crf._colour_cell(i, c), images)
+    grid, t_splat = best_ms(lambda s, l, f: crf._splat(s, l, f, c), s, low, frac)
     grid, t_blur = best_ms(lambda g: crf._blur_colour(g, c), grid)
-    grid, t_expand = best_ms(lambda g: crf._expand(g, c), grid)
-    _, t_slice = best_ms(lambda g, i: crf._slice(g, i, c), grid, images)
-    parts = (t_splat, t_modes, t_blur, t_expand, t_slice)
-    print(f"| {cell:g} | " + " | ".join(f"{t:.0f}" for t in parts) + f" | {sum(parts):.0f} |",
-          flush=True)
+    _, t_slice = best_ms(lambda g, l, f: crf._slice(g.reshape(c.nc ** 3 * b, -1), l, f, c),
+                         grid, low, frac)
+    _, t_all = best_ms(lambda s, i: crf._grid_filter(s, i, c), s, images)
+    parts = (t_cell, t_splat, t_blur, t_slice)
+    print(f"| {cell:g} | {c.modes.shape[1]} x {c.nc}^3 | " + " | ".join(f"{t:.1f}" for t in parts)
+          + f" | {sum(parts):.1f} | {t_all:.1f} |", flush=True)
   print(f"load average {os.getloadavg()[0]:.1f} at end")
 
 

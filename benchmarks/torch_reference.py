@@ -12,12 +12,12 @@ the frozen classifier under `torch.inference_mode`, `torch.set_num_threads(cores
   map one to one).
 * `cam_star`, `seed_regions`, `sample_seeds`, `partial_cross_entropy`: docs/design.md §4, §6.
 * `GridCRF`: the dense CRF loss of docs/design.md §6. The original filters with a C++
-  permutohedral lattice (not available here); this is the same bilateral grid as
-  fcam_jax.losses.crf (nearest splat, separable node-to-node Gaussian blur on the
-  spatial operator's leading modes, tile + trilinear slice, `chunk` images at a time:
-  8, its fastest of 0 / 4 / 8 here): the grid's constant matrices are fcam_jax's, the
-  splat, blurs and slice are written in torch, with the loss's gradient
-  `-(2/B) W S` from one filtering pass (a custom autograd Function). `ExactCRF` is the
+  permutohedral lattice (not available here); this is the same grid as
+  fcam_jax.losses.crf (per-pixel spatial eigenmodes, dithered colour splat, separable
+  node-to-node Gaussian colour blur, trilinear slice, self-kernel normalisation, `chunk`
+  images at a time): the grid's constant matrices are fcam_jax's, the splat, blurs and
+  slice are written in torch, with the loss's gradient `-(2/B) W S` from one filtering
+  pass (a custom autograd Function). `ExactCRF` is the
   other way a PyTorch user would go: the exact kernel as a dense N x N matrix, on images
   downscaled by `scale` as in Tang's DenseCRFLoss (cost ~ (scale^2 H W)^2).
 * `elb`, `size_loss`: the extended log-barrier size constraint.
@@ -233,20 +233,20 @@ class _CRFLoss(torch.autograd.Function):
 
 
 class GridCRF:
-  """The bilateral-grid CRF loss for (B,H,W,K) probs and raw (B,H,W,3) images in 0..255."""
+  """The grid CRF loss for (B,H,W,K) probs and raw (B,H,W,3) images in 0..255."""
 
   def __init__(self, h: int, w: int, sigma_xy: float = 100.0, sigma_rgb: float = 15.0,
-               cell: float = 0.5, chunk: int = 8):
-    # The grid's constant matrices (node layout, blurs, spatial modes) are fcam_jax's own
-    # numpy ones; the filtering below is torch's.
+               cell: float = 0.5, chunk: int = 4):
+    # The grid's constants (colour nodes and blur, spatial modes, dither thresholds) are
+    # fcam_jax's own numpy ones; the filtering below is torch's.
     from fcam_jax.losses import crf  # pylint: disable=g-import-not-at-top
     c = crf._grid_consts(h, w, float(sigma_xy), float(sigma_rgb), float(cell))
-    self.nc, self.colour_pitch, self.nodes, self.chunk = c.nc, c.colour_pitch, c.nodes, chunk
+    self.nc, self.colour_pitch, self.chunk = c.nc, c.colour_pitch, chunk
+    self.b0, self.b1 = c.self_weights
     self.colour_blur = torch.from_numpy(c.colour_blur)
-    self.space_in = None if c.space_in is None else torch.from_numpy(c.space_in)
-    self.space = torch.from_numpy(c.space)  # (tiles, nodes or modes)
-    self.splat_space = torch.from_numpy(c.splat_space.astype(np.int64))
-    self.tile_index = torch.from_numpy(c.tile_index.astype(np.int64))
+    self.modes = torch.from_numpy(c.modes)  # (H*W, M)
+    self.dither = torch.from_numpy(c.dither).view(h, w, 3)
+    self.rows = crf._DITHER_ROWS
 
   def filter(self, s, images):
     """W s: s (B,H,W,K), images (B,H,W,3) -> (B,H,W,K), `chunk` images at a time."""
@@ -256,35 +256,38 @@ class GridCRF:
     return self._filter(s, images)
 
   def _filter(self, s, images):
-    bsz, _, _, k = s.shape
-    nc, (tiles, modes), nodes = self.nc, self.space.shape, self.nodes
+    bsz, h, w, k = s.shape
+    nc, m = self.nc, self.modes.shape[1]
     batch = torch.arange(bsz).view(bsz, 1, 1)
-    # Colour coordinates channel-first, so every elementwise op below runs on contiguous data.
-    pos = (images.clamp(0, 255) / self.colour_pitch).permute(3, 0, 1, 2).contiguous()
-    near = pos.round().long()
-    colour = (near[0] * nc + near[1]) * nc + near[2]
-    index = ((self.splat_space * nc ** 3 + colour) * bsz + batch).view(-1)
-    grid = torch.zeros(nodes * nc ** 3 * bsz, k).index_add_(0, index, s.reshape(-1, k))
-    if self.space_in is not None:
-      grid = self.space_in @ grid.view(nodes, -1)
-    a = self.colour_blur
-    grid = torch.matmul(a, grid.view(modes, nc, -1))
-    grid = torch.matmul(a, grid.view(modes * nc, nc, -1))
-    grid = torch.matmul(a, grid.view(modes * nc * nc, nc, -1))
-    grid = (self.space @ grid.view(modes, -1)).view(-1, k)
+    pos = images.clamp(0, 255) / self.colour_pitch
     low = pos.floor().clamp(0, nc - 2)
     frac = pos - low
     low = low.long()
-    base = ((self.tile_index * nc ** 3 + (low[0] * nc + low[1]) * nc + low[2]) * bsz
-            + batch).view(-1)
-    # The 8 colour corners at once: one gather, one weighted sum.
-    offsets = torch.tensor([((c0 * nc + c1) * nc + c2) * bsz
-                            for c0 in (0, 1) for c1 in (0, 1) for c2 in (0, 1)])
-    rows = grid.index_select(0, (base[None] + offsets[:, None]).view(-1)).view(8, -1, k)
-    w = [torch.stack([1 - f, f]).view(2, -1) for f in frac]
-    wgt = (w[0][:, None, None] * w[1][None, :, None] * w[2][None, None]).view(8, -1)
-    out = torch.einsum("cn,cnk->nk", wgt, rows).view(s.shape[:3] + (k,))
-    return out
+    q = frac * (1 - frac)
+    norm = torch.rsqrt((self.b0 - 2 * (self.b0 - self.b1) * q).prod(-1)).unsqueeze(-1)
+    row = lambda node: ((node[..., 0] * nc + node[..., 1]) * nc + node[..., 2]) * bsz + batch
+    vals = ((s * norm).reshape(bsz, h * w, k, 1) * self.modes.view(1, h * w, 1, m))
+    vals = vals.reshape(-1, k * m) / self.rows
+    index = torch.cat([row(low + (frac > (self.dither + j / self.rows) % 1.0).long()).view(-1)
+                       for j in range(self.rows)])
+    grid = torch.zeros(nc ** 3 * bsz, k * m).index_add_(0, index, vals.repeat(self.rows, 1))
+    a = self.colour_blur
+    grid = a @ grid.view(nc, -1)
+    grid = torch.matmul(a, grid.view(nc, nc, -1))
+    grid = torch.matmul(a, grid.view(nc * nc, nc, -1)).view(-1, k * m)
+    base = row(low).view(bsz, h * w)
+    frac = frac.view(bsz, h * w, 3)
+    acc = 0.0
+    for c0 in (0, 1):
+      for c1 in (0, 1):
+        for c2 in (0, 1):
+          wgt = ((frac[..., 0] if c0 else 1 - frac[..., 0]) * (frac[..., 1] if c1 else 1 - frac[..., 1])
+                 * (frac[..., 2] if c2 else 1 - frac[..., 2]))
+          offset = ((c0 * nc + c1) * nc + c2) * bsz
+          acc = acc + wgt.unsqueeze(-1) * grid.index_select(0, (base + offset).view(-1)).view(
+              bsz, h * w, k * m)
+    out = torch.einsum("bpkm,pm->bpk", acc.view(bsz, h * w, k, m), self.modes)
+    return out.view(bsz, h, w, k) * norm
 
   def __call__(self, probs, images):
     return _CRFLoss.apply(probs, images.float(), self.filter)

@@ -1,4 +1,4 @@
-"""Dense CRF loss (Tang et al., 2018) with the exact Gaussian kernel (SPEC §6).
+"""Dense CRF loss (Tang et al., 2018) with the exact Gaussian kernel (docs/design.md §6).
 
   CRF = -(1/B) sum_b sum_k S_bk^T W S_bk,
   W_ij = exp(-|p_i - p_j|^2 / (2 sigma_xy^2) - |I_i - I_j|^2 / (2 sigma_rgb^2))
@@ -9,30 +9,45 @@ gradient (a custom VJP). No gradient flows to the image.
 
 W S is computed without a permutohedral lattice, by one of two methods:
 
-* `grid`: a 5-D bilateral grid over f = ((x, y) / sigma_xy, (r, g, b) / sigma_rgb). Per axis,
-  nodes span the range exactly (0..W-1, 0..H-1, 0..255) at a pitch h <= `grid_cell` (sigma
-  units). Splat: each pixel adds its K values to its nearest node (one scatter row; the
-  rounding errors of many pixels average out). Blur: separable, a dense node-to-node
-  Gaussian per axis. Slice: trilinear in colour; in space, the blurred grid is first
-  tent-interpolated to the centres of pixel tiles ~sigma_xy / 3 wide and each pixel reads
-  its tile. Nearest splat, tent slice and tile lookup widen the kernel by h^2/12 + h^2/6
-  (+ tile^2/12) per axis, so each blur Gaussian has the variance left, 1 minus that, and
-  keeps the kernel's mass. The spatial operator (blur + tent to the tiles) is smooth: where
-  its numerical rank is well below the node count (13 of 36 nodes at grid_cell 0.5,
-  224x224), the colour blur runs on its leading singular modes instead of the nodes.
-  Error against the exact sum, 224x224 synthetic image at the default sigmas: loss -0.08 % /
-  -1.6 % / -1.1 % and gradient cosine 0.9994 / 0.998 / 0.997 at grid_cell 0.5 / 0.75 / 1.0
-  (benchmarks/bench_crf.py has the sigma sweep). Work and memory grow as
-  (H W / (h sigma_xy)^2) (255 / (h sigma_rgb))^3; benchmarks/README.md has the times
-  (at 1.0 mostly the expansion to tiles and the slice gathers; at 0.5 the colour blur).
-  The gradient is -(2/B) times this same approximate W S.
+* `grid`: W = (spatial kernel) x (colour kernel), elementwise. Space: the spatial kernel
+  on the pixel grid is exp(-dy^2/2s^2) exp(-dx^2/2s^2), smooth and of low rank, so it is
+  replaced by its leading eigenpairs, U U^T with U (H W, M) (products of the two axes'
+  eigenvectors, kept to a relative eigenvalue of 4e-3 grid_cell^2: M = 13 at 224x224,
+  sigma_xy 100, grid_cell 0.5), applied per pixel: no spatial nodes. Colour: a 3-D grid over
+  (r, g, b) / sigma_rgb with nodes spanning 0..255 at a pitch h <= `grid_cell`. Each pixel
+  adds its K values times its M mode weights to one colour node, the lower or upper one
+  per axis with the tent weights as probabilities (ordered dithering, four stratified
+  rows per pixel: a trilinear splat on average, for the price of a nearest one); the grid
+  is blurred by a node-to-node Gaussian per axis and read back trilinearly, then the M
+  values are summed with the pixel's mode weights. The splat and slice widen the
+  Gaussian and make the kernel's value at (i, i) depend on where the pixel's colour sits
+  between nodes, which on flat or saturated regions (every pixel at the same offset)
+  scales the whole region; so the colour kernel is divided by sqrt(d_i d_j), d its
+  value at (i, i), which makes W_ii = 1 as in the exact kernel and keeps W symmetric, and
+  the blur's variance is the one for which d is 1 on average (mass kept). The error
+  left, measured against the exact float64 sum on natural-looking images in
+  benchmarks/README.md ("Dense CRF loss"), comes from the linear interpolation between
+  colour nodes and the dithering's noise; it grows with grid_cell. The dithered W is
+  symmetric only on average, so the VJP -(2/B) W S differs from the gradient of the
+  grid's own loss by a few percent of noise (not in scale). Work: about
+  M (H W (4 scatter rows + 8 gathers) + 3 nc^4), nc = 255 / (h sigma_rgb) + 1.
 * `direct`: the exact sum over |dx|, |dy| <= 4 sigma_xy (the whole image if smaller), cost
-  ~ H W (8 sigma_xy + 1)^2; for small sigma_xy, where the grid has too many nodes.
+  ~ H W (8 sigma_xy + 1)^2; for small sigma_xy, where the grid has too many modes.
 
 `method='auto'` takes the one with less estimated work for the shapes at hand. The grid
-filters `batch_chunk` images at a time (a `lax.map` over chunks, the batch zero-padded to a
-multiple): on a CPU a few images' grids stay in cache, 1.2-1.7x faster at batch 32 than the
-whole batch's grid at once (benchmarks/bench_crf.py, `--chunks`); 0 filters the whole batch.
+filters `batch_chunk` images at a time (a `lax.map` over chunks, the batch zero-padded to
+a multiple); -1 (the default) takes `default_batch_chunk(jax.default_backend())`: 4 on a
+CPU, where a few images' grids stay in cache, the whole batch (0) on a GPU or TPU, where
+a serial loop would only leave the device idle.
+
+Precision: the matrix products (colour blur, direct sum) run at HIGHEST, so that a GPU
+(TF32) or TPU (one bf16 pass) computes them in full fp32 like the CPU the errors were
+measured on. Determinism: on a CPU the splat's scatter-add runs in a fixed order, so the
+loss and gradient are bit-identical from run to run for the same inputs, shapes,
+batch_chunk and XLA version; on a GPU, XLA lowers the scatter-add to float atomics whose
+order varies, so results can differ from run to run in the last bits. The dither
+thresholds depend only on the pixel position: the approximation itself is the same
+everywhere. batch_chunk and the batch size change the summation order on any backend.
 """
 
 import functools
@@ -47,8 +62,9 @@ import numpy as np
 
 METHODS = ("auto", "grid", "direct")
 _WINDOW_SIGMAS = 4.0  # direct: spatial truncation radius, in sigma_xy
-_TILE = 1 / 3  # grid: slice tile side, in sigma_xy (at most one node pitch)
-_SPACE_RTOL = 1e-3  # grid: spatial modes kept, relative singular value
+_SPACE_RTOL = 4e-3  # grid: spatial modes kept, relative eigenvalue, times grid_cell^2
+_DITHER_ROWS = 4  # grid: colour nodes each pixel is splatted to (stratified thresholds)
+_PRECISION = lax.Precision.HIGHEST  # the CRF's matrix products (see the module docstring)
 
 
 class _Plan(NamedTuple):
@@ -61,7 +77,7 @@ class _Plan(NamedTuple):
 
 def dense_crf_loss(probs, images, *, sigma_rgb: float = 15., sigma_xy: float = 100.,
                    scale: float = 1.0, grid_cell: float = 0.5, method: str = "auto",
-                   batch_chunk: int = 4):
+                   batch_chunk: int = -1):
   """-(1/B) sum_b sum_k S_bk^T W S_bk for probs (B,H,W,K) and raw images (B,H,W,3) in 0..255.
 
   `scale` in (0, 1], as Tang's DenseCRFLoss: the image is resized by `scale` with torch's
@@ -83,19 +99,27 @@ def dense_crf_loss(probs, images, *, sigma_rgb: float = 15., sigma_xy: float = 1
 
 
 def bilateral_filter(values, images, *, sigma_rgb: float = 15., sigma_xy: float = 100.,
-                     grid_cell: float = 0.5, method: str = "auto", batch_chunk: int = 4):
+                     grid_cell: float = 0.5, method: str = "auto", batch_chunk: int = -1):
   """W v for values (B,H,W,K) and images (B,H,W,3): the filtering inside the loss."""
   plan = _plan(values.shape, sigma_xy, sigma_rgb, grid_cell, method, batch_chunk)
   return _filter(jnp.asarray(values, jnp.float32), jnp.asarray(images, jnp.float32), plan)
 
 
-def _plan(shape, sigma_xy, sigma_rgb, grid_cell, method, batch_chunk=4) -> _Plan:
+def default_batch_chunk(backend: str) -> int:
+  """Images per grid pass for `batch_chunk=-1` on `backend` ('cpu', 'gpu', 'tpu', ...):
+  4 on a CPU (the grids stay in cache), 0 (the whole batch at once) elsewhere."""
+  return 4 if backend == "cpu" else 0
+
+
+def _plan(shape, sigma_xy, sigma_rgb, grid_cell, method, batch_chunk=-1) -> _Plan:
   if method not in METHODS:
     raise ValueError(f"method={method!r}: must be one of {', '.join(METHODS)}")
   if grid_cell <= 0:
     raise ValueError(f"grid_cell={grid_cell!r}: must be > 0")
-  if batch_chunk < 0 or int(batch_chunk) != batch_chunk:
-    raise ValueError(f"batch_chunk={batch_chunk!r}: must be an integer >= 0")
+  if batch_chunk < -1 or int(batch_chunk) != batch_chunk:
+    raise ValueError(f"batch_chunk={batch_chunk!r}: must be an integer >= 0, or -1")
+  if batch_chunk == -1:
+    batch_chunk = default_batch_chunk(jax.default_backend())
   _, h, w, _ = shape
   sigma_xy, sigma_rgb, grid_cell = float(sigma_xy), float(sigma_rgb), float(grid_cell)
   if method == "auto":
@@ -158,143 +182,170 @@ def _nodes(span: float, cell: float):
 
 def _gauss(n: int, pitch: float, var: float):
   """Node-to-node Gaussian of variance `var` (sigma units), scaled to keep the unit
-  Gaussian's mass; variances below 1/4 (grid_cell >~ 1.7) are clamped."""
-  var = max(var, 0.25)
+  Gaussian's mass."""
   d = (np.arange(n)[:, None] - np.arange(n)[None, :]) * pitch
   return np.exp(-0.5 * d * d / var) / np.sqrt(var)
 
 
-def _tent(pos, n: int):
-  """(len(pos), n) linear-interpolation weights of positions given in node units."""
-  i0 = np.clip(np.floor(pos).astype(np.int64), 0, max(n - 2, 0))
-  t = np.clip(pos - i0, 0.0, 1.0)
-  m = np.zeros((len(pos), n))
-  m[np.arange(len(pos)), i0] += 1 - t
-  if n > 1:
-    m[np.arange(len(pos)), i0 + 1] += t
-  return m
+def _blur_variance(pitch: float) -> float:
+  """The colour blur's variance (sigma units) for which the self-kernel d(f) (see
+  `_self_norm`) averages 1 over the offset f: (2 b0 + b1) / 3 = 1. It is close to
+  1 - pitch^2 / 3, what a tent splat and slice leave of the unit variance."""
+  lo, hi = 0.05, 1.0
+  for _ in range(60):
+    var = 0.5 * (lo + hi)
+    b0, b1 = _gauss(2, pitch, var)[0]
+    lo, hi = (var, hi) if (2 * b0 + b1) / 3 > 1 else (lo, var)
+  return var
+
+
+@functools.lru_cache(maxsize=64)
+def _axis_eigen(size: int, sigma_xy: float):
+  """Eigenvalues (descending, >= 0) and eigenvectors of the 1-D spatial kernel."""
+  x = np.arange(size) / sigma_xy
+  val, vec = np.linalg.eigh(np.exp(-0.5 * (x[:, None] - x[None, :]) ** 2))
+  return np.maximum(val[::-1], 0.0), vec[:, ::-1]
+
+
+def _mode_pairs(h: int, w: int, sigma_xy: float, cell: float):
+  """The (y, x) eigenpair indices kept, largest product eigenvalue first."""
+  (vy, _), (vx, _) = _axis_eigen(h, sigma_xy), _axis_eigen(w, sigma_xy)
+  prod = vy[:, None] * vx[None, :]
+  ia, ib = np.nonzero(prod > _SPACE_RTOL * cell ** 2 * prod[0, 0])
+  order = np.argsort(-prod[ia, ib], kind="stable")
+  return ia[order], ib[order]
+
+
+def _space_modes(h: int, w: int, sigma_xy: float, cell: float):
+  """(H*W, M) U with U U^T ~ the spatial kernel on the pixel grid (y-major)."""
+  (vy, uy), (vx, ux) = _axis_eigen(h, sigma_xy), _axis_eigen(w, sigma_xy)
+  ia, ib = _mode_pairs(h, w, sigma_xy, cell)
+  modes = (uy[:, None, ia] * ux[None, :, ib]) * np.sqrt(vy[ia] * vx[ib])
+  return modes.reshape(h * w, len(ia))
+
+
+def _dither(h: int, w: int):
+  """(H*W, 3) thresholds in [0, 1): the R_3 low-discrepancy sequence over the pixels, so
+  that pixels near each other sample the unit cube evenly."""
+  phi = 1.2207440846057596  # the root of x^4 = x + 1
+  alpha = phi ** -np.arange(1, 4)
+  return (0.5 + np.arange(1, h * w + 1)[:, None] * alpha[None, :]) % 1.0
 
 
 class _GridConsts(NamedTuple):
   nc: int                  # colour nodes per axis
   colour_pitch: float      # in levels
   colour_blur: np.ndarray  # (nc, nc)
-  nodes: int               # spatial nodes
-  space_in: object         # None, or (modes, nodes): the spatial nodes' leading modes
-  space: np.ndarray        # (tiles, nodes or modes): spatial blur + tent to the tile centres
-  splat_space: np.ndarray  # (H, W) int32: the pixel's nearest spatial node, flat
-  tile_index: np.ndarray   # (H, W) int32: the pixel's tile, flat
+  self_weights: tuple      # (b0, b1): colour_blur at node offsets 0 and 1
+  modes: np.ndarray        # (H*W, M): the spatial kernel ~= modes @ modes.T
+  dither: np.ndarray       # (H*W, 3) splat thresholds
 
 
 @functools.lru_cache(maxsize=64)
 def _grid_consts(h: int, w: int, sigma_xy: float, sigma_rgb: float, cell: float):
   nc, pc = _nodes(255.0 / sigma_rgb, cell)
-  space = []
-  for size in (h, w):
-    n, p = _nodes((size - 1) / sigma_xy, cell)
-    tile = max(1, int(round(min(_TILE, p) * sigma_xy)))
-    tiles = -(-size // tile)
-    start = np.arange(tiles) * tile
-    centre = (start + np.minimum(start + tile, size) - 1) / 2.0
-    var = 1.0 - p * p / 4 - (tile * tile - 1) / 12.0 / sigma_xy ** 2
-    blur = _tent(centre / sigma_xy / p, n) @ _gauss(n, p, var)
-    nearest = np.clip(np.round(np.arange(size) / sigma_xy / p), 0, n - 1).astype(np.int64)
-    space.append((tiles, tile, blur.astype(np.float32), nearest, np.arange(size) // tile))
-  (_, _, space_y, near_y, tile_y), (tx, _, space_x, near_x, tile_x) = space
-  space = np.kron(space_y, space_x)  # one matmul beats two skinny ones on XLA:CPU
-  nodes, space_in = space.shape[1], None
-  # The spatial operator is smooth, so of low numerical rank: when that rank is well
-  # below the node count, the colour blur runs on its leading modes (2-norm error
-  # < _SPACE_RTOL of the operator's).
-  u, sv, vt = np.linalg.svd(space.astype(np.float64), full_matrices=False)
-  rank = int(np.sum(sv > _SPACE_RTOL * sv[0]))
-  if rank <= 0.75 * nodes:
-    space_in = vt[:rank].astype(np.float32)
-    space = (u[:, :rank] * sv[:rank]).astype(np.float32)
+  blur = _gauss(nc, pc, _blur_variance(pc))
   return _GridConsts(
-      nc=nc, colour_pitch=pc * sigma_rgb,
-      colour_blur=_gauss(nc, pc, 1.0 - pc * pc / 4).astype(np.float32),
-      nodes=nodes, space_in=space_in, space=space,
-      splat_space=(near_y[:, None] * space_x.shape[1] + near_x[None, :]).astype(np.int32),
-      tile_index=(tile_y[:, None] * tx + tile_x[None, :]).astype(np.int32))
+      nc=nc, colour_pitch=pc * sigma_rgb, colour_blur=blur.astype(np.float32),
+      self_weights=(float(blur[0, 0]), float(blur[0, 1])),
+      modes=_space_modes(h, w, sigma_xy, cell).astype(np.float32),
+      dither=_dither(h, w).astype(np.float32))
 
 
-def _matmul_axis1(m, x):
+def _grid_filter(s, images, c: _GridConsts):
+  """W s for a batch: s (B,H,W,K), images (B,H,W,3) -> (B,H,W,K).
+
+  Grid layout (r, g, b, batch, K, mode), row-major: the colour blur is a matmul over one
+  colour axis at a time; splat and slice move rows of K M values.
+  """
+  bsz, _, _, k = s.shape
+  if c.nc ** 3 * bsz >= 2 ** 31:
+    raise ValueError(f"the bilateral grid has too many nodes for int32 indices "
+                     f"({c.nc ** 3 * bsz} rows): raise grid_cell")
+  low, frac = _colour_cell(images, c)
+  norm = _self_norm(frac, c)[..., None]
+  grid = _blur_colour(_splat(s * norm, low, frac, c), c)
+  return _slice(grid.reshape(c.nc ** 3 * bsz, -1), low, frac, c) * norm
+
+
+def _colour_cell(images, c: _GridConsts):
+  """The pixel's lower colour node (B,H,W,3) int32 and its offset from it in [0, 1]."""
+  pos = jnp.clip(images, 0.0, 255.0) / c.colour_pitch
+  low = jnp.clip(jnp.floor(pos), 0, c.nc - 2)
+  return low.astype(jnp.int32), pos - low
+
+
+def _self_norm(frac, c: _GridConsts):
+  """1 / sqrt(d), d the colour kernel's value at (pixel, same pixel): (B,H,W).
+
+  Per axis, a tent splat and slice give b0 (1 - f)^2 + b0 f^2 + 2 b1 f (1 - f).
+  """
+  b0, b1 = c.self_weights
+  return lax.rsqrt(jnp.prod(b0 - 2 * (b0 - b1) * frac * (1 - frac), axis=-1))
+
+
+def _colour_row(node, c: _GridConsts, bsz: int):
+  batch = np.arange(bsz, dtype=np.int32)[:, None, None]
+  return ((node[..., 0] * c.nc + node[..., 1]) * c.nc + node[..., 2]) * bsz + batch
+
+
+def _splat(s, low, frac, c: _GridConsts):
+  """Each pixel's K values times its M mode weights, added to colour nodes: (rows, K M).
+
+  _DITHER_ROWS rows per pixel, each of weight 1 / rows at the lower or upper node per
+  axis: upper where the offset exceeds a threshold, the pixel's `c.dither` shifted by
+  j / rows for row j (stratified). On average over the thresholds, a trilinear splat.
+  """
+  bsz, h, w, k = s.shape
+  modes = c.modes.shape[1]
+  rows = s.reshape(bsz, h * w, k, 1) * jnp.asarray(c.modes)[None, :, None, :]
+  rows = rows.reshape(-1, k * modes) / _DITHER_ROWS
+  u = jnp.asarray(c.dither).reshape(h, w, 3)
+  grid = jnp.zeros((c.nc ** 3 * bsz, k * modes), jnp.float32)
+  for j in range(_DITHER_ROWS):  # one scatter per row: a concatenated one copies the rows
+    node = low + (frac > (u + j / _DITHER_ROWS) % 1.0).astype(jnp.int32)
+    grid = grid.at[_colour_row(node, c, bsz).reshape(-1)].add(rows, mode="promise_in_bounds")
+  return grid
+
+
+def _blur_axis1(m, x):
   """m (P, Q) applied to axis 1 of x (A, Q, N) -> (A, P, N), as a batched matmul.
 
   The grid stays row-major: a plain einsum over a middle axis makes XLA:CPU first copy
   the whole grid into another layout.
   """
   m = jnp.broadcast_to(jnp.asarray(m), (x.shape[0],) + m.shape)
-  return lax.dot_general(m, x, (((2,), (1,)), ((0,), (0,))))
-
-
-def _grid_filter(s, images, c: _GridConsts):
-  """W s for a batch: s (B,H,W,K), images (B,H,W,3) -> (B,H,W,K).
-
-  Grid layout (y, x, r, g, b, batch, K), row-major: each blur is a matmul over one axis
-  with batch and channels innermost; splat and slice move rows of K values.
-  """
-  tiles, _ = c.space.shape
-  if tiles * c.nc ** 3 * s.shape[0] >= 2 ** 31:
-    raise ValueError(f"the bilateral grid has too many nodes for int32 indices "
-                     f"({tiles * c.nc ** 3 * s.shape[0]} rows): raise grid_cell")
-  return _slice(_expand(_blur_colour(_to_modes(_splat(s, images, c), c), c), c), images, c)
-
-
-def _colour_pos(images, c: _GridConsts):
-  return jnp.clip(images, 0.0, 255.0) / c.colour_pitch  # colour in node units
-
-
-def _splat(s, images, c: _GridConsts):
-  """Each pixel's K values added to its nearest node in all five dims: (rows, K)."""
-  bsz, _, _, k = s.shape
-  nc, nodes = c.nc, c.nodes
-  near = jnp.round(_colour_pos(images, c)).astype(jnp.int32)
-  colour = (near[..., 0] * nc + near[..., 1]) * nc + near[..., 2]
-  batch = np.arange(bsz, dtype=np.int32)[:, None, None]
-  index = ((c.splat_space * nc ** 3 + colour) * bsz + batch).reshape(-1)
-  grid = jnp.zeros((nodes * nc ** 3 * bsz, k), jnp.float32)
-  return grid.at[index].add(s.reshape(-1, k), mode="promise_in_bounds")
-
-
-def _to_modes(grid, c: _GridConsts):
-  """The spatial nodes' grids -> the leading modes' (when there are few): (modes, ...)."""
-  if c.space_in is None:
-    return grid
-  return jnp.asarray(c.space_in) @ grid.reshape(c.nodes, -1)
+  return lax.dot_general(m, x, (((2,), (1,)), ((0,), (0,))), precision=_PRECISION)
 
 
 def _blur_colour(grid, c: _GridConsts):
-  nc, nodes = c.nc, c.space.shape[1]
-  grid = _matmul_axis1(c.colour_blur, grid.reshape(nodes, nc, -1))
-  grid = _matmul_axis1(c.colour_blur, grid.reshape(nodes * nc, nc, -1))
-  return _matmul_axis1(c.colour_blur, grid.reshape(nodes * nc * nc, nc, -1))
-
-
-def _expand(grid, c: _GridConsts):
-  """Blur space and interpolate it to the tiles: (tiles, nc^3 * B * K)."""
-  return jnp.asarray(c.space) @ grid.reshape(c.space.shape[1], -1)
-
-
-def _slice(grid, images, c: _GridConsts):
-  """The pixel's tile, trilinear in colour: (B,H,W,K) from the tiles' grid."""
-  bsz, h, w, _ = images.shape
+  """The node-to-node Gaussian along r, g and b of the grid (nc^3 batch, K M)."""
   nc = c.nc
-  k = grid.shape[1] // (nc ** 3 * bsz)
-  grid = grid.reshape(-1, k)
-  pos = _colour_pos(images, c)
-  low = jnp.clip(jnp.floor(pos), 0, nc - 2)
-  frac = pos - low
-  low = low.astype(jnp.int32)
-  colour = (low[..., 0] * nc + low[..., 1]) * nc + low[..., 2]
-  base = (c.tile_index * nc ** 3 + colour) * bsz + np.arange(bsz, dtype=np.int32)[:, None, None]
-  out = jnp.zeros((bsz, h, w, k), jnp.float32)
+  width = grid.size // nc ** 3  # batch x K x M per colour node
+  grid = _blur_axis1(c.colour_blur, grid.reshape(1, nc, nc * nc * width))
+  grid = _blur_axis1(c.colour_blur, grid.reshape(nc, nc, nc * width))
+  grid = _blur_axis1(c.colour_blur, grid.reshape(nc * nc, nc, width))
+  return grid
+
+
+def _slice(grid, low, frac, c: _GridConsts):
+  """Trilinear in colour, then summed with the pixel's mode weights: (B,H,W,K)."""
+  bsz, h, w, _ = low.shape
+  modes = c.modes.shape[1]
+  k = grid.shape[1] // modes
+  base = _colour_row(low, c, bsz).reshape(bsz, h * w)
+  frac = frac.reshape(bsz, h * w, 3)
+  acc = 0.0
   for corner in itertools.product((0, 1), repeat=3):
     weight = jnp.prod(jnp.where(np.asarray(corner, bool), frac, 1.0 - frac), axis=-1)
-    offset = ((corner[0] * nc + corner[1]) * nc + corner[2]) * bsz
-    out = out + weight[..., None] * grid.at[base + offset].get(mode="promise_in_bounds")
-  return out
+    offset = ((corner[0] * c.nc + corner[1]) * c.nc + corner[2]) * bsz
+    acc = acc + weight[..., None] * grid.at[base + offset].get(mode="promise_in_bounds")
+  acc = acc.reshape(bsz, h * w, k, modes)
+  u = jnp.asarray(c.modes)
+  out = 0.0
+  for m in range(modes):  # unrolled: XLA:CPU runs the einsum as H W tiny matmuls
+    out = out + acc[:, :, :, m] * u[None, :, m, None]
+  return out.reshape(bsz, h, w, k)
 
 
 # ---------------------------------------------------------------- direct (windowed)
@@ -320,7 +371,7 @@ def _direct_filter(s, image, sigma_xy: float, sigma_rgb: float):
     i_rows = lax.dynamic_slice_in_dim(i_pad, dy + ry, h, axis=0)[:, cols]  # (H,W,D,3)
     d2 = jnp.sum(jnp.square(i_rows - image[:, :, None, :]), axis=-1)
     wgt = jnp.exp(-inv_rgb * d2 - inv_xy * (dy * dy).astype(jnp.float32)) * w_dx
-    return acc + jnp.einsum("hwd,hwdk->hwk", wgt, s_rows), None
+    return acc + jnp.einsum("hwd,hwdk->hwk", wgt, s_rows, precision=_PRECISION), None
 
   out, _ = lax.scan(row, jnp.zeros(s.shape, jnp.float32), jnp.arange(-ry, ry + 1))
   return out
@@ -329,9 +380,9 @@ def _direct_filter(s, image, sigma_xy: float, sigma_rgb: float):
 def _auto_method(h: int, w: int, sigma_xy: float, sigma_rgb: float, cell: float) -> str:
   """The method with less estimated work per image and channel (gathers and scatters
   counted ~20 flops)."""
-  c = _grid_consts(h, w, sigma_xy, sigma_rgb, cell)
-  tiles, nodes = c.space.shape
-  grid = (3 * c.nc + tiles) * nodes * c.nc ** 3 + 200 * h * w
+  nc, _ = _nodes(255.0 / sigma_rgb, cell)
+  modes = len(_mode_pairs(h, w, sigma_xy, cell)[0])
+  grid = modes * (3 * nc ** 4 + 200 * h * w)
   direct = 8 * h * w * (2 * _window(h, sigma_xy) + 1) * (2 * _window(w, sigma_xy) + 1)
   return "grid" if grid <= direct else "direct"
 
