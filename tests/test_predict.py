@@ -310,8 +310,8 @@ def test_targets_file_sets_the_class_of_each_cam(trained, inputs, tmp_path):
 def test_bad_targets_files_are_one_line_errors(trained, inputs, tmp_path):
   workdir, _ = trained
   for text, message, code in (
-      ("a/x.jpg\n", "targets.csv:1: expected 'image path,class'", 2),
-      ("a/x.jpg,99\n", "targets.csv:1: class 99 is not in [0, 5)", 2),
+      ("a/x.jpg\n", "targets.csv:1: expected 'image path,class'", 1),
+      ("a/x.jpg,99\n", "targets.csv:1: class 99 is not in [0, 5)", 1),
       ("elsewhere.jpg,1\n", "no image could be processed", 1)):  # no input has a class
     (tmp_path / "targets.csv").write_text(text)
     proc = _cli(f"--workdir={workdir}", f"--input={inputs}", f"--output={tmp_path / 'o'}",
