@@ -180,12 +180,14 @@ def run_stage(stage: Stage, run: Run) -> Dict:
   selection = config.eval.selection_metric
   eval_rng = jax.random.key(config.seed + 1)
 
-  ckpt = ckpt_lib.Checkpointer(os.path.join(stage_dir, "checkpoints"))
+  ckpt = ckpt_lib.Checkpointer(os.path.join(stage_dir, "checkpoints"),
+                               async_save=config.async_checkpoints)
   check_free_space(stage_dir, stage.state)
   state = stage.state
-  latest = ckpt.latest_step()
-  if latest is not None:
-    state, meta = ckpt.restore(latest, state)
+  found = ckpt.restore_latest(state)  # unreadable steps are set aside
+  latest = None if found is None else found[0]
+  if found is not None:
+    _, state, meta = found
     logging.info("%s: resuming from step %d (epoch %d)", name, latest, latest // steps_per_epoch)
   else:
     meta = {"history": []}
@@ -251,6 +253,9 @@ def run_stage(stage: Stage, run: Run) -> Dict:
       if preempted:  # at the end of an epoch: after its validation and checkpoint
         raise Preempted(f"{name}: preempted at step {step} (end of epoch {epoch + 1}); "
                         f"checkpoint saved in {ckpt.directory}. Rerun the same command to resume.")
+  except BaseException:  # Preempted, NonFiniteError, a crash: the saves in flight finish
+    ckpt.close()
+    raise
   finally:
     sigterm.close()
 
