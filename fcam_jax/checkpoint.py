@@ -212,6 +212,12 @@ class Checkpointer:
     self.wait()
     return self._mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
 
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+
   def close(self):
     """Waits for the save in flight, then closes; a second call does nothing."""
     if self._closed:

@@ -85,7 +85,8 @@ def test_an_unreadable_latest_step_is_set_aside_and_the_previous_one_restored(
   assert ckpt.all_steps() == [0]  # orbax does not see the renamed folder
   ckpt.save(2, {"w": np.zeros(1000, np.float32), "b": np.int32(2)}, {}, 0.0)
   ckpt.close()
-  assert checkpoint.Checkpointer(str(tmp_path), read_only=True).all_steps() == [0, 2]
+  with checkpoint.Checkpointer(str(tmp_path), read_only=True) as reopened:
+    assert reopened.all_steps() == [0, 2]
 
 
 def test_no_readable_step_starts_from_scratch_and_says_what_was_tried(tmp_path, caplog):
@@ -93,7 +94,8 @@ def test_no_readable_step_starts_from_scratch_and_says_what_was_tried(tmp_path, 
   corrupt(str(tmp_path / "1"), "garbage_meta")
   corrupt(str(tmp_path / "0"), "truncated_file")
   caplog.set_level(logging.WARNING, logger="absl")
-  assert checkpoint.Checkpointer(str(tmp_path)).restore_latest(target) is None
+  with checkpoint.Checkpointer(str(tmp_path)) as ckpt:
+    assert ckpt.restore_latest(target) is None
   last = caplog.records[-1].getMessage()
   assert "no readable checkpoint" in last and "starting from scratch" in last
   assert "1 (now 1.unreadable-" in last and "0 (now 0.unreadable-" in last
@@ -102,13 +104,14 @@ def test_no_readable_step_starts_from_scratch_and_says_what_was_tried(tmp_path, 
 
 def test_a_checkpoint_of_another_model_is_refused_not_set_aside(tmp_path):
   _two_steps(str(tmp_path))
-  ckpt = checkpoint.Checkpointer(str(tmp_path))
+  ckpt = checkpoint.Checkpointer(str(tmp_path), read_only=True)
   with pytest.raises(checkpoint.CheckpointMismatchError, match=r"w: shape \(1000,\) in the "
                      r"checkpoint, \(10,\) here"):
     ckpt.restore_latest({"w": np.zeros(10, np.float32), "b": np.int32(0)})
   with pytest.raises(checkpoint.CheckpointMismatchError, match="extra is not in the checkpoint"):
     ckpt.restore_latest({"w": np.zeros(1000, np.float32), "b": np.int32(0),
                          "extra": np.zeros(2)})
+  ckpt.close()
   assert sorted(os.listdir(tmp_path)) == ["0", "1"]
 
 
@@ -128,7 +131,8 @@ def test_async_saves_own_their_data_and_are_waited_for(tmp_path):
   ckpt.save(3, {"w": w}, meta, 0.0)
   ckpt.close()
   ckpt.close()  # a second close does nothing
-  assert checkpoint.Checkpointer(str(tmp_path), read_only=True).all_steps() == [2, 3]
+  with checkpoint.Checkpointer(str(tmp_path), read_only=True) as reopened:
+    assert reopened.all_steps() == [2, 3]
   assert not [n for n in os.listdir(tmp_path) if "tmp" in n]
 
 
