@@ -8,7 +8,10 @@ figures and `<workdir>/<stage>/results.json`. It knows no stage: a `Stage` says 
 to train and how to map.
 
 SIGTERM checkpoints at the next step boundary and raises `Preempted`; a NaN/Inf loss
-term or gradient raises `NonFiniteError` before the diverged state is saved.
+term or gradient raises `NonFiniteError` before the diverged state is saved. Checkpoints
+are written in the background (`config.async_checkpoints`) and every way out of the
+stage waits for them; an unreadable latest checkpoint is set aside and the previous one
+resumed (docs/faults.md).
 """
 
 import dataclasses
@@ -184,13 +187,12 @@ def run_stage(stage: Stage, run: Run) -> Dict:
                                async_save=config.async_checkpoints)
   check_free_space(stage_dir, stage.state)
   state = stage.state
-  found = ckpt.restore_latest(state)  # unreadable steps are set aside
-  latest = None if found is None else found[0]
+  found = ckpt.restore_latest(state)  # unreadable steps are set aside (docs/faults.md)
   if found is not None:
-    _, state, meta = found
+    latest, state, meta = found
     logging.info("%s: resuming from step %d (epoch %d)", name, latest, latest // steps_per_epoch)
   else:
-    meta = {"history": []}
+    latest, meta = None, {"history": []}
 
   def validate(replicated_state, epoch: int, step: int) -> float:
     t0 = time.time()

@@ -26,9 +26,11 @@ def _free_port() -> int:
 
 
 def _start(args, devices, log=None, **env):
-  """A process on `devices` CPU devices; its output piped, or appended to the file `log`."""
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-             PYTHONPATH=REPO, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1", **env)
+  """A process on `devices` CPU devices; its output piped, or appended to the file `log`.
+  The caller's XLA_FLAGS come first (tests/measure_tolerances.py's variants)."""
+  flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
+  env = dict(os.environ, XLA_FLAGS=flags.strip(), PYTHONPATH=REPO, JAX_PLATFORMS="cpu",
+             PYTHONUNBUFFERED="1", **env)
   out = subprocess.PIPE if log is None else open(log, "a")
   return subprocess.Popen([sys.executable, *args], env=env, cwd=REPO, stdout=out,
                           stderr=subprocess.STDOUT, text=True)
@@ -76,7 +78,9 @@ def test_backends_devices_and_processes_compute_the_same_steps(tmp_path):
   for k in keys:  # jit runs the same per-device program as pmap: identical numbers
     np.testing.assert_array_equal(out["jit4"][k], out["pmap4"][k], err_msg=k)
     for name in ("pmap1", "pmap2x2", "jit2x2"):
-      np.testing.assert_allclose(out[name][k], out["pmap4"][k], atol=1e-5, rtol=1e-4,
+      # Other device counts sum in another order: measured up to 30% of atol=1e-5,
+      # rtol=1e-4 (YNNPACK off); 10x, rounded up (tests/README.md, "Tolerances").
+      np.testing.assert_allclose(out[name][k], out["pmap4"][k], atol=5e-5, rtol=5e-4,
                                  err_msg=f"{name} {k}")
 
 
@@ -167,8 +171,8 @@ def test_compiler_options_reach_xla(kind):
 
 # Maps of the same checkpoint computed with another device count: XLA:CPU compiles
 # another per-device batch (here 8 vs 2), whose float32 sums may round differently
-# (measured max 1.3e-6 on maps in [0, 1]); tests/README.md, "Tolerances".
-MAP_ATOL = 1e-5
+# (measured max 1.3e-6 on maps in [0, 1]); 10x, rounded up (tests/README.md, "Tolerances").
+MAP_ATOL = 2e-5
 
 
 def test_evaluation_is_the_same_on_1_and_4_devices(runs, tmp_path):
