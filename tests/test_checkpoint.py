@@ -162,3 +162,18 @@ def test_stage2_classifier_falls_back_from_an_unreadable_best(tmp_path, caplog):
   with pytest.raises(checkpoint.CheckpointNotFoundError,
                      match=r"no readable checkpoint in .*stage1 \(tried step 3 \(.*\); step 6 "):
     inference.load_classifier(config, str(tmp_path))
+
+
+def test_a_save_killed_mid_write_is_ignored_then_removed(tmp_path):
+  """What a SIGKILL during a background write leaves (an uncommitted temporary folder) is
+  not a step, and the next writer removes it; a read-only opener leaves it alone."""
+  target = _two_steps(str(tmp_path))
+  partial = tmp_path / "2.orbax-checkpoint-tmp"
+  (partial / "state").mkdir(parents=True)
+  (partial / "state" / "_METADATA").write_text("{")
+  with checkpoint.Checkpointer(str(tmp_path), read_only=True) as ckpt:
+    assert ckpt.all_steps() == [0, 1] and partial.exists()
+  with checkpoint.Checkpointer(str(tmp_path)) as ckpt:
+    step, _, _ = ckpt.restore_latest(target)
+    assert step == 1 and ckpt.all_steps() == [0, 1]
+  assert not partial.exists()
