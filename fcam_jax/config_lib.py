@@ -150,6 +150,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.log_every_steps = 50
   c.checkpoint_every_epochs = 1
+  c.async_checkpoints = True   # write checkpoints in the background (docs/faults.md)
   # XLA's persistent compilation cache: 'auto' = $XDG_CACHE_HOME/fcam_jax/jax (or
   # ~/.cache/...), a folder, or '' for none. Resumes and sweeps skip recompiling.
   c.compilation_cache = "auto"

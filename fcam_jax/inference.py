@@ -153,20 +153,41 @@ def classifier_directory(config, workdir: str) -> str:
 
 def load_classifier(config, workdir: str) -> Tuple[Dict, int]:
   """The stage-1 `best` classifier variables (`config.stage2.classifier_checkpoint` or
-  `<workdir>/stage1`) and their step."""
+  `<workdir>/stage1`) and their step; if the best step is unreadable, the other kept
+  (latest) one, said in the log."""
   directory = config.stage2.classifier_checkpoint or os.path.join(workdir, "stage1", "checkpoints")
+  hint = ("run stage 1 first, or set config.stage2.classifier_checkpoint to a stage-1 "
+          "checkpoints directory")
   try:
-    ckpt, step = ckpt_lib.open_best(directory)
+    ckpt, best = ckpt_lib.open_best(directory)
   except ckpt_lib.CheckpointNotFoundError as e:
     raise ckpt_lib.CheckpointNotFoundError(
-        f"stage 2 needs a trained stage-1 classifier: {e} (run stage 1 first, or set "
-        "config.stage2.classifier_checkpoint to a stage-1 checkpoints directory)") from e
+        f"stage 2 needs a trained stage-1 classifier: {e} ({hint})") from e
+  except Exception as e:  # pylint: disable=broad-except
+    raise ckpt_lib.CheckpointNotFoundError(
+        f"stage 2 needs a trained stage-1 classifier: the checkpoints in {directory} cannot "
+        f"be listed ({ckpt_lib.describe_error(e)}); {hint}") from e
+  tried = []
   try:
-    variables = restore_variables(ckpt, step)
+    for step in [best] + [s for s in reversed(ckpt.all_steps()) if s != best]:
+      try:
+        variables = restore_variables(ckpt, step)
+      except Exception as e:  # pylint: disable=broad-except
+        tried.append(f"step {step} ({ckpt_lib.describe_error(e)})")
+        logging.warning("stage2: classifier checkpoint %s step %d is unreadable (%s)",
+                        directory, step, ckpt_lib.describe_error(e))
+        continue
+      if step != best:
+        logging.warning("stage2: the best classifier (step %d) is unreadable: using step %d of "
+                        "%s instead", best, step, directory)
+      logging.info("stage2: frozen classifier from %s step %d", directory, step)
+      return variables, step
   finally:
     ckpt.close()
-  logging.info("stage2: frozen classifier from %s step %d", directory, step)
-  return variables, step
+  raise ckpt_lib.CheckpointNotFoundError(
+      f"stage 2 needs a trained stage-1 classifier: no readable checkpoint in {directory} "
+      f"(tried {'; '.join(tried)}); retrain stage 1, or set config.stage2.classifier_checkpoint "
+      "to another stage-1 checkpoints directory")
 
 
 @dataclasses.dataclass

@@ -8,7 +8,10 @@ figures and `<workdir>/<stage>/results.json`. It knows no stage: a `Stage` says 
 to train and how to map.
 
 SIGTERM checkpoints at the next step boundary and raises `Preempted`; a NaN/Inf loss
-term or gradient raises `NonFiniteError` before the diverged state is saved.
+term or gradient raises `NonFiniteError` before the diverged state is saved. Checkpoints
+are written in the background (`config.async_checkpoints`) and every way out of the
+stage waits for them; an unreadable latest checkpoint is set aside and the previous one
+resumed (docs/faults.md).
 """
 
 import dataclasses
@@ -180,15 +183,16 @@ def run_stage(stage: Stage, run: Run) -> Dict:
   selection = config.eval.selection_metric
   eval_rng = jax.random.key(config.seed + 1)
 
-  ckpt = ckpt_lib.Checkpointer(os.path.join(stage_dir, "checkpoints"))
+  ckpt = ckpt_lib.Checkpointer(os.path.join(stage_dir, "checkpoints"),
+                               async_save=config.async_checkpoints)
   check_free_space(stage_dir, stage.state)
   state = stage.state
-  latest = ckpt.latest_step()
-  if latest is not None:
-    state, meta = ckpt.restore(latest, state)
+  found = ckpt.restore_latest(state)  # unreadable steps are set aside (docs/faults.md)
+  if found is not None:
+    latest, state, meta = found
     logging.info("%s: resuming from step %d (epoch %d)", name, latest, latest // steps_per_epoch)
   else:
-    meta = {"history": []}
+    latest, meta = None, {"history": []}
 
   def validate(replicated_state, epoch: int, step: int) -> float:
     t0 = time.time()
@@ -251,6 +255,9 @@ def run_stage(stage: Stage, run: Run) -> Dict:
       if preempted:  # at the end of an epoch: after its validation and checkpoint
         raise Preempted(f"{name}: preempted at step {step} (end of epoch {epoch + 1}); "
                         f"checkpoint saved in {ckpt.directory}. Rerun the same command to resume.")
+  except BaseException:  # Preempted, NonFiniteError, a crash: the saves in flight finish
+    ckpt.close()
+    raise
   finally:
     sigterm.close()
 

@@ -139,6 +139,56 @@ def test_sigkill_at_random_moments_loses_nothing(tmp_path, data_dir, straight):
   _assert_same_run(workdir, reference)
 
 
+def _stage2_steps(workdir) -> int:
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return 0
+  return max((json.loads(l).get("step", 0) for l in open(path) if "stage2/train/" in l),
+             default=0)
+
+
+STEPS_PER_EPOCH = 6  # 48 training images, batch 8
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+def test_stage2_stopped_in_its_second_epoch_resumes_exactly(tmp_path, data_dir, straight, sig):
+  """SIGTERM (a checkpoint at the next step boundary) or SIGKILL (none: the end of epoch
+  1's) while stage 2 trains its second epoch; the same command finishes the run with the
+  decoder's parameters, batch statistics, optimizer state and ELB t of an uninterrupted
+  run, and its results."""
+  reference, _ = straight
+  workdir = str(tmp_path / "run")
+  proc = subprocess.Popen(_cli(workdir, data_dir), cwd=REPO, env=ENV, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 1800  # against a hang only: stage 1 and stage 2's epoch 1 come first
+  while (proc.poll() is None and _stage2_steps(workdir) < STEPS_PER_EPOCH + 1
+         and time.time() < deadline):
+    time.sleep(0.02)
+  assert proc.poll() is None, "the run ended before the signal:\n" + proc.stderr.read()[-3000:]
+  proc.send_signal(sig)
+  _, err = proc.communicate(timeout=600)
+  stage2 = checkpoint.Checkpointer(os.path.join(workdir, "stage2", "checkpoints"), read_only=True)
+  latest = stage2.latest_step()
+  stage2.close()
+  if sig == signal.SIGTERM:
+    assert proc.returncode == 0, err[-3000:]
+    step = int(err.split("stage2: preempted at step ")[1].split()[0].rstrip(";"))
+    assert STEPS_PER_EPOCH < step < 2 * STEPS_PER_EPOCH and latest == step  # mid-epoch 2
+  else:
+    assert proc.returncode == -signal.SIGKILL
+    assert latest == STEPS_PER_EPOCH  # the end of epoch 1
+  assert not os.path.exists(os.path.join(workdir, "results.json"))
+
+  r = subprocess.run(_cli(workdir, data_dir), cwd=REPO, env=ENV, capture_output=True, text=True,
+                     timeout=900)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert f"stage2: resuming from step {latest} (epoch {latest // STEPS_PER_EPOCH})" in r.stderr
+  _, state = _final_state(workdir, "stage2")
+  assert {"params", "batch_stats", "opt_state", "aux"} <= set(state)
+  assert float(state["aux"]["elb_t"]) == pytest.approx(1.01 ** 2)  # two epochs' updates
+  _assert_same_run(workdir, reference)  # every leaf of both stages' states, and the results
+
+
 def test_nan_in_stage1_stops_and_keeps_the_last_good_checkpoint(tmp_path, data_dir):
   config = tiny_config(data_dir, stages="stage1", **{"stage1.lr": 1e30})
   with pytest.raises(train.NonFiniteError) as e:

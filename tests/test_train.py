@@ -2,7 +2,9 @@
 
 import glob
 import json
+import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,7 +13,8 @@ import time
 import numpy as np
 import pytest
 
-from fcam_jax import checkpoint, evaluation, train, writers
+from fcam_jax import checkpoint, evaluation, loop, train, writers
+from tests import test_checkpoint
 from tests.conftest import REPO, tiny_config
 
 
@@ -79,11 +82,10 @@ def _cli(workdir, data_dir, *extra):
 
 
 def _params(workdir):
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "stage1", "checkpoints"), read_only=True)
-  step = ckpt.latest_step()
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  state = ckpt._mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-  return step, state.state
+  with checkpoint.Checkpointer(os.path.join(workdir, "stage1", "checkpoints"),
+                             read_only=True) as ckpt:
+    step = ckpt.latest_step()
+    return step, ckpt.restore_raw(step)
 
 
 def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, data_dir, stage1_run):
@@ -151,3 +153,86 @@ def test_a_crash_in_validation_keeps_the_epoch_and_resumes_with_its_validation(
   resumed = train.train_and_evaluate(config, workdir)["stage1"]
   assert resumed["history"] == straight["history"]
   assert resumed["best_step"] == straight["best_step"] and resumed["test"] == straight["test"]
+
+
+def _checkpoints(workdir):
+  """{step: (state, meta)} of every kept stage-1 checkpoint."""
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "stage1", "checkpoints"), read_only=True)
+  out = {s: (ckpt.restore_raw(s), ckpt.restore_meta(s)) for s in ckpt.all_steps()}
+  ckpt.close()
+  return out
+
+
+def _assert_same_checkpoints(a, b):
+  ca, cb = _checkpoints(a), _checkpoints(b)
+  assert sorted(ca) == sorted(cb)
+  import jax  # pylint: disable=g-import-not-at-top
+  for step in ca:
+    (sa, ma), (sb, mb) = ca[step], cb[step]
+    assert ma == mb, step
+    assert jax.tree.structure(sa) == jax.tree.structure(sb)
+    for x, y in zip(jax.tree.leaves(sa), jax.tree.leaves(sb)):
+      np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=str(step))
+
+
+def _assert_same_results(a, b):
+  ra = json.load(open(os.path.join(a, "results.json")))["stage1"]
+  rb = json.load(open(os.path.join(b, "results.json")))["stage1"]
+  assert ra["history"] == rb["history"] and ra["test"] == rb["test"]
+  assert ra["best_step"] == rb["best_step"]
+
+
+def test_background_checkpoints_end_like_synchronous_ones(tmp_path, data_dir, stage1_run):
+  straight, config, _ = stage1_run
+  assert config.async_checkpoints  # the default
+  sync = str(tmp_path / "sync")
+  train.train_and_evaluate(tiny_config(data_dir, stages="stage1", async_checkpoints=False), sync)
+  _assert_same_checkpoints(sync, straight)
+  _assert_same_results(sync, straight)
+
+
+PREEMPT_AT = 5  # mid-epoch 2 (3 steps per epoch): the latest step differs from the best
+
+
+@pytest.fixture(scope="module")
+def preempted_run(tmp_path_factory, data_dir):
+  """The tiny stage-1 run stopped by a (simulated) SIGTERM at step PREEMPT_AT."""
+  workdir = str(tmp_path_factory.mktemp("preempted"))
+  config = tiny_config(data_dir, stages="stage1")
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(loop._SigtermFlag, "__call__", lambda self, step: step == PREEMPT_AT)
+    with pytest.raises(train.Preempted, match=f"preempted at step {PREEMPT_AT}"):
+      train.train_and_evaluate(config, workdir)
+  with checkpoint.Checkpointer(os.path.join(workdir, "stage1", "checkpoints"),
+                             read_only=True) as ckpt:
+    steps = ckpt.all_steps()
+  assert len(steps) == 2 and steps[-1] == PREEMPT_AT
+  return workdir, config, steps[0]
+
+
+@pytest.mark.parametrize("how", ["missing_file", "truncated_file", "garbage_meta"])
+def test_a_corrupt_latest_checkpoint_resumes_from_the_previous_one(
+    tmp_path, preempted_run, stage1_run, how, monkeypatch, caplog):
+  """The latest checkpoint damaged (a file deleted, a file truncated, garbage in the meta
+  JSON): the rerun names it in one line, keeps it under a new name, resumes from the
+  other kept checkpoint and ends exactly like the uninterrupted run."""
+  source, config, previous = preempted_run
+  workdir = str(tmp_path / "run")
+  shutil.copytree(source, workdir)
+  ckpt_dir = os.path.join(workdir, "stage1", "checkpoints")
+  test_checkpoint.corrupt(os.path.join(ckpt_dir, str(PREEMPT_AT)), how)
+  resumed = []
+  real = checkpoint.Checkpointer.restore_latest
+  monkeypatch.setattr(checkpoint.Checkpointer, "restore_latest",
+                      lambda self, target: resumed.append(real(self, target)) or resumed[-1])
+  caplog.set_level(logging.WARNING, logger="absl")
+  train.train_and_evaluate(config, workdir)
+  assert resumed[0][0] == previous
+  aside = [n for n in os.listdir(ckpt_dir) if n.startswith(f"{PREEMPT_AT}.unreadable-")]
+  assert len(aside) == 1
+  lines = [r.getMessage() for r in caplog.records if "unreadable" in r.getMessage()]
+  assert len(lines) == 1 and "\n" not in lines[0]
+  assert lines[0].startswith(f"{ckpt_dir}: checkpoint step {PREEMPT_AT} is unreadable (")
+  assert lines[0].endswith(f"moved to {aside[0]}")
+  _assert_same_checkpoints(workdir, stage1_run[0])
+  _assert_same_results(workdir, stage1_run[0])

@@ -406,7 +406,8 @@ def test_ablation_head_shortcut_equals_forward_passes(setup):
   y1, d1 = cam_methods._ablation_drops(x, exact_head=True)
   y2, d2 = cam_methods._ablation_drops(x, exact_head=False)
   np.testing.assert_allclose(np.asarray(y1), np.asarray(y2), rtol=1e-6)
-  np.testing.assert_allclose(np.asarray(d1), np.asarray(d2), atol=1e-5 * np.abs(d2).max())
+  # Measured 1.6e-6 of the largest drop; 10x, rounded up (tests/README.md, "Tolerances").
+  np.testing.assert_allclose(np.asarray(d1), np.asarray(d2), atol=2e-5 * np.abs(d2).max())
 
 
 @pytest.mark.parametrize("tap", ["block4", "block1"])  # hw <= C and hw > C
@@ -478,7 +479,10 @@ def _compiled_vs_eager(setup, method, transform):
   eager = np.asarray(_fn(setup, method)(variables, images, labels, key))
   got = np.asarray(transform(_fn(setup, method))(variables, images, labels, key))
   assert np.abs(eager).max() > 0
-  np.testing.assert_allclose(got, eager, rtol=1e-5, atol=1e-5 * np.abs(eager).max())
+  # Measured max |got - eager| / max |eager|: 1.2e-5 for ablationcam (its drops y - y_k
+  # cancel), <= 4.8e-7 for the others; tolerance = 10x, rounded up (tests/README.md).
+  tol = 2e-4 if method == "ablationcam" else 1e-5
+  np.testing.assert_allclose(got, eager, rtol=tol, atol=tol * np.abs(eager).max())
 
 
 @pytest.mark.parametrize("method", ["cam", "gradcampp", "smoothgradcampp", "scorecam",

@@ -198,7 +198,8 @@ def test_partial_cross_entropy_over_devices_is_the_global_mean():
   whole = losses.partial_cross_entropy(logits, seeds)
   per_device = jax.vmap(lambda l, s: losses.partial_cross_entropy(l, s, axis_name="d"),
                         axis_name="d")(logits.reshape(4, 2, 6, 6, 2), seeds.reshape(4, 2, 6, 6))
-  np.testing.assert_allclose(float(jnp.mean(per_device)), float(whole), rtol=1e-6)
+  # Measured 2.7e-7 apart (another summation order); 10x, rounded up (tests/README.md).
+  np.testing.assert_allclose(float(jnp.mean(per_device)), float(whole), rtol=5e-6)
   per_device_local = jax.vmap(losses.partial_cross_entropy)(logits.reshape(4, 2, 6, 6, 2),
                                                             seeds.reshape(4, 2, 6, 6))
   assert abs(float(jnp.mean(per_device_local)) - float(whole)) > 1e-3  # the naive mean differs

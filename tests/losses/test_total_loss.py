@@ -242,9 +242,10 @@ def test_gradient_is_linear_in_the_weight(term):
                                      logits, seeds, images, t)
     np.testing.assert_allclose(loss, weight * terms[term], rtol=1e-6)
     assert_grad_close(grads[weight], weight * unit, name=f"{term} weight {weight}")
-  # Float32 rounding in the softmax chain: entries near zero differ by ~1e-6 of the largest.
-  np.testing.assert_allclose(grads[3.5], 14.0 * grads[0.25], rtol=1e-5,
-                             atol=1e-5 * np.max(np.abs(grads[3.5])))
+  # Float32 rounding in the softmax chain: entries near zero differ by up to 4.2e-6 of the
+  # largest (measured, CRF term); 10x, rounded up (tests/README.md, "Tolerances").
+  np.testing.assert_allclose(grads[3.5], 14.0 * grads[0.25], rtol=5e-5,
+                             atol=5e-5 * np.max(np.abs(grads[3.5])))
   loss, _, zero = run(fcam_config(enabled=(term,), **{term: 0.0}), logits, seeds, images, t)
   assert loss == 0.0 and not np.any(zero)
 
