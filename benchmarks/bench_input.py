@@ -82,9 +82,7 @@ def write_release(root: str, train_images: int, *, distinct_per_class: int = 4,
     tables["image_class_labels.txt"].append(f"{k} {rows['image_class_labels.txt'][src]}")
     tables["train_test_split.txt"].append(f"{k} 1")
     tables["bounding_boxes.txt"].append(f"{k} {rows['bounding_boxes.txt'][src]}")
-  for name, lines in tables.items():
-    with open(os.path.join(cub, name), "w") as f:
-      f.write("".join(line + "\n" for line in lines))
+  cub_like.write_tables(cub, tables)
   # Imported here: its absl flags (--out, ...) would clash with an importer's.
   from fcam_jax.data import prepare_cub  # pylint: disable=g-import-not-at-top
   metadata = os.path.join(root, "metadata")

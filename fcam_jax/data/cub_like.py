@@ -9,7 +9,7 @@ a small glyph, its box the ground truth. For tests, benchmarks and the accelerat
 """
 
 import os
-from typing import Tuple
+from typing import Dict, List, Tuple
 
 import numpy as np
 from PIL import Image
@@ -45,7 +45,12 @@ def write_release(root: str, num_classes: int = 3, train_per_class: int = 8,
         tables["image_class_labels.txt"].append(f"{k} {label + 1}")
         tables["train_test_split.txt"].append(f"{k} {is_train}")
         tables["bounding_boxes.txt"].append(f"{k} {x0:.1f} {y0:.1f} {x1 - x0:.1f} {y1 - y0:.1f}")
+  write_tables(root, tables)
+  return k
+
+
+def write_tables(root: str, tables: Dict[str, List[str]]):
+  """Writes each table (`{file name: lines}`) of a release into `root`."""
   for name, lines in tables.items():
     with open(os.path.join(root, name), "w") as f:
       f.write("".join(line + "\n" for line in lines))
-  return k
