@@ -22,7 +22,6 @@ import numpy as np
 from fcam_jax import models
 from fcam_jax.weights.state_dict import PretrainedError, read_npz, read_state_dict
 
-ARCHS = ("resnet50", "vgg16", "inceptionv3")
 COLLECTIONS = ("params", "batch_stats")
 ARCH_KEY = "__arch__"
 # Source keys with no counterpart in the WSOL backbone (the ImageNet head, dropped blocks).
@@ -33,6 +32,9 @@ DROPPED = {
 }
 # Top-level backbone modules that ImageNet models lack (docs/design.md §2): they keep their init.
 NEW_LAYERS = {"resnet50": (), "vgg16": ("conv6",), "inceptionv3": ("SPG_A3_1b", "SPG_A3_2b")}
+# The backbones (models.BACKBONES) with a torchvision ImageNet layout: those mapped above.
+ARCHS = tuple(DROPPED)
+assert set(ARCHS) <= set(models.BACKBONES) and set(NEW_LAYERS) == set(ARCHS)
 IGNORED_SUFFIX = ".num_batches_tracked"
 
 
