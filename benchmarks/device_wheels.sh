@@ -5,7 +5,7 @@
 #   bash benchmarks/device_wheels.sh            # download / build, check the size, print
 #   PYTHON=/path/to/python3 bash benchmarks/device_wheels.sh
 #
-# The device machine (/work/.library/device/KINDS.md: Python 3.12, jax 0.11.2 + CUDA 13,
+# The GPU machine lent to this project's sessions (Python 3.12, jax 0.11.2 + CUDA 13,
 # flax, optax, orbax, numpy, opencv, pillow, matplotlib, absl, tensorboard, etils,
 # protobuf, ...) has no grain, tensorflow-datasets, array_record, ml-collections or clu,
 # and reaches no registry. fcam_jax needs them; their own needs it also lacks follow.

@@ -36,7 +36,8 @@ VARIANTS = {
                           "_TASKSET": "0"}),
     "four_devices": (None, {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}),
     "ynn_off": (None, {"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type="}),
-    "py312": ("/work/venv312/bin/python", {}),
+    # A second venv's python (Python 3.12, jax 0.11.2, flax 0.12.12): $FCAM_PY312.
+    "py312": (os.environ.get("FCAM_PY312", "python3.12"), {}),
 }
 _LOG = "FCAM_TOLERANCE_LOG"
 

@@ -21,9 +21,9 @@ stride 1, plus SPG_A3_1b/2b), this script
 
 Command, from the repository root (Python 3.11, CPU):
 
-  python -m venv /work/venv_torch
-  /work/venv_torch/bin/pip install torch==2.14.1 torchvision==0.29.1 numpy
-  /work/venv_torch/bin/python tests/weights/make_golden.py
+  python -m venv venv_torch
+  venv_torch/bin/pip install torch==2.14.1 torchvision==0.29.1 numpy
+  venv_torch/bin/python tests/weights/make_golden.py
 
 Last run with torch 2.14.1+cu130 (CPU), torchvision 0.29.1+cu130, numpy 2.4.6; the
 versions are also stored in each file (`versions`).
