@@ -41,6 +41,7 @@ to run it on the device machine.
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -82,6 +83,12 @@ from fcam_jax.data import sources  # noqa: E402
 from fcam_jax.data import synthetic  # noqa: E402
 from fcam_jax.data.records import ImageRecord  # noqa: E402
 from fcam_jax.metrics import BoxEvaluator, MaskEvaluator  # noqa: E402
+
+# The backend training uses by default (measured first), and the other one (item 8).
+DEFAULT_PARALLEL = config_lib.base_config().parallel
+OTHER_PARALLEL = next(b for b in parallel_lib.BACKENDS if b != DEFAULT_PARALLEL)
+# JAX's log line for a program read from the persistent cache (JAX_LOG_COMPILES=1).
+_CACHE_HIT = re.compile(r"Persistent compilation cache hit for '[^']*' with key '([^']+)'")
 
 _OUT = flags.DEFINE_string("out", "accelerator_check.json", "The JSON results file.")
 _BUDGET = flags.DEFINE_float("budget_s", 420.0, "Items that would end later are skipped.")
@@ -287,11 +294,11 @@ class Check:
     return self._costs.get(kind, default)
 
   def setup_estimate(self, backbone: str, precision: str, name: str,
-                     parallel: str = "pmap") -> float:
+                     parallel: str = DEFAULT_PARALLEL) -> float:
     """Seconds to build the stage objects an item needs and that are not built yet."""
     todo = [(backbone, precision, name, parallel)]
     if name == "stage2":
-      todo.append((backbone, "fp32", "stage1", "pmap"))  # its classifier checkpoint
+      todo.append((backbone, "fp32", "stage1", DEFAULT_PARALLEL))  # its classifier checkpoint
     missing = sum(key not in self._stages for key in todo)
     return missing * self._costs.get("setup", 10.0 if self.quick else 30.0)
 
@@ -327,7 +334,7 @@ class Check:
 
   # -- configs and stages
 
-  def config(self, backbone: str, precision: str, parallel: str = "pmap", batch: int = 0):
+  def config(self, backbone: str, precision: str, parallel: str = DEFAULT_PARALLEL, batch: int = 0):
     c = config_lib.base_config()  # configs/cub.py's recipe
     c.model.backbone = backbone
     c.model.num_classes = self.classes
@@ -349,10 +356,16 @@ class Check:
     return loop.Run(config=config, workdir=workdir, splits={"train": split}, writer=None,
                     parallel=par)
 
+  def cache_entries(self) -> set:
+    """The programs in the persistent compilation cache (keys, as JAX logs them)."""
+    if not os.path.isdir(self.cache_dir):
+      return set()
+    return {n[:-len("-cache")] for n in os.listdir(self.cache_dir) if n.endswith("-cache")}
+
   def _backbone_dir(self, backbone: str) -> str:
     return os.path.join(self.workdir, "stages", backbone)
 
-  def stage(self, backbone: str, precision: str, name: str, parallel: str = "pmap") -> Dict:
+  def stage(self, backbone: str, precision: str, name: str, parallel: str = DEFAULT_PARALLEL) -> Dict:
     """{'run', 'stage', 'state': [replicated state]} of a stage, built once. Stage 1 is
     built with GradCAM maps (its train step does not depend on the CAM method); stage 2
     on stage 1's initial classifier, checkpointed as training would."""
@@ -386,7 +399,7 @@ class Check:
   # -- items
 
   def train_step(self, backbone: str, precision: str, name: str, batch: int = 0,
-                 parallel: str = "pmap", steps: int = 0, profile_dir: str = "") -> Dict:
+                 parallel: str = DEFAULT_PARALLEL, steps: int = 0, profile_dir: str = "") -> Dict:
     entry = self.stage(backbone, precision, name, parallel)
     run, st, holder = entry["run"], entry["stage"], entry["state"]
     batch = batch or self.batch
@@ -395,6 +408,7 @@ class Check:
     def call():
       holder[0], m = st.train_step(holder[0], data)
       return m
+    before = self.cache_entries()
     try:
       t = timed_calls(call, steps or self.steps)
     except Exception:
@@ -410,9 +424,9 @@ class Check:
             "parallel": parallel, "images_per_s": batch / t["per_call_s"],
             "ms_per_step": 1e3 * t["per_call_s"], "first_call_s": t["first_s"],
             "compile_s": t["compile_s"], "peak_bytes": stats.get("peak_bytes_in_use"),
-            "status": "ok"}
+            "cache_entries": sorted(self.cache_entries() - before), "status": "ok"}
 
-  def step_item(self, backbone: str, precision: str, name: str, parallel: str = "pmap",
+  def step_item(self, backbone: str, precision: str, name: str, parallel: str = DEFAULT_PARALLEL,
                 section: str = "steps", profile_dir: str = ""):
     label = f"{section} {backbone} {name} {precision} {parallel} b{self.batch}"
     kind = f"step:{name}"
@@ -639,8 +653,11 @@ class Check:
       metadata = os.path.join(root, "metadata")
       workdir = os.path.join(root, "run")
       path = [REPO] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+      # Every program cached (none left out for compiling fast, which varies with the load)
+      # and each read from the cache logged: which of the steps timed here main reuses.
       env = {**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false",
-             "PYTHONPATH": os.pathsep.join(path)}
+             "PYTHONPATH": os.pathsep.join(path), "JAX_LOG_COMPILES": "1",
+             "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
       deadline = self.t0 + self.budget
 
       def run(name, args):
@@ -659,13 +676,15 @@ class Check:
           e2e[f"{name}_log_tail"] = tail
           raise TimeoutError(f"{name} stopped at the budget ({timeout:.0f}s)") from None
         e2e[f"{name}_s"] = round(time.perf_counter() - t, 1)
+        if name == "main":
+          e2e["main_cache_hits"] = sorted(set(_CACHE_HIT.findall(p.stderr)))
         if p.returncode != 0:
           e2e[f"{name}_log_tail"] = (p.stdout[-1500:] + p.stderr[-3000:])
           raise RuntimeError(f"{name} exited {p.returncode}: {p.stderr.strip().splitlines()[-1:]}")
         return p.stdout
       run("prepare_cub", ["fcam_jax.data.prepare_cub", f"--cub_root={cub}", f"--out={metadata}",
                           f"--val_per_class={self.val_per_class}"])
-      entries = len(os.listdir(self.cache_dir)) if os.path.isdir(self.cache_dir) else 0
+      entries = self.cache_entries()
       config = self.config(backbone, "fp32")
       args = ["fcam_jax.main", f"--config=configs/cub.py:{arg}", f"--workdir={workdir}",
               f"--config.dataset.data_root={os.path.join(cub, 'images')}",
@@ -683,8 +702,12 @@ class Check:
                  f"--config.eval.batch_size={self.batch}", "--config.eval.num_figures=2",
                  "--config.eval.test_interval=0.01"]
       run("main", args)
-      e2e["new_compilation_cache_entries"] = (
-          len(os.listdir(self.cache_dir)) - entries if os.path.isdir(self.cache_dir) else None)
+      e2e["new_compilation_cache_entries"] = len(self.cache_entries() - entries)
+      hits = set(e2e.pop("main_cache_hits"))
+      e2e["main_cache_hits"] = len(hits)
+      e2e["steps_from_cache"] = sorted(
+          f"{r['stage']} {r['precision']} {r['parallel']}" for r in self.results["steps"]
+          if r.get("backbone") == backbone and hits & set(r.get("cache_entries", ())))
       with open(os.path.join(workdir, "results.json")) as f:
         results = json.load(f)
       e2e["wall_time_s"] = results.get("wall_time_s")
@@ -728,13 +751,13 @@ class Check:
     metric = {r["evaluator"]: r["images_per_s"] for r in self.results["metrics"]}
     for precision in self.precisions:
       r1 = self._rate("steps", "images_per_s", backbone=b, stage="stage1", precision=precision,
-                      parallel="pmap")
+                      parallel=DEFAULT_PARALLEL)
       r2 = self._rate("steps", "images_per_s", backbone=b, stage="stage2", precision=precision,
-                      parallel="pmap")
+                      parallel=DEFAULT_PARALLEL)
       c1 = self._rate("steps", "compile_s", backbone=b, stage="stage1", precision=precision,
-                      parallel="pmap") or 0.0
+                      parallel=DEFAULT_PARALLEL) or 0.0
       c2 = self._rate("steps", "compile_s", backbone=b, stage="stage2", precision=precision,
-                      parallel="pmap") or 0.0
+                      parallel=DEFAULT_PARALLEL) or 0.0
       cam = self._rate("inference", "maps_per_s", backbone=b, method="gradcam",
                        precision=precision)
       fcam = self._rate("inference", "maps_per_s", backbone=b, method="fcam",
@@ -775,7 +798,7 @@ class Check:
     if per_worker:  # the workers the measured step rates need (the auto rule's question)
       need = {}
       for r in self.results["steps"]:
-        if r.get("status") == "ok" and r["backbone"] == b and r["parallel"] == "pmap":
+        if r.get("status") == "ok" and r["backbone"] == b and r["parallel"] == DEFAULT_PARALLEL:
           need[f"{b} {r['stage']} {r['precision']} ({r['images_per_s']:.0f} images/s)"] = (
               bench_input.workers_needed(r["images_per_s"], per_worker))
       out["workers_needed"] = need
@@ -799,11 +822,11 @@ class Check:
                    "measured": measured, "unit": unit, "status": status, "where": where})
     add(f"stage-1 step {b} bf16 b{self.batch}", "stage1_bf16",
         self._rate("steps", "images_per_s", backbone=b, stage="stage1", precision="bf16",
-                   parallel="pmap"), "steps")
+                   parallel=DEFAULT_PARALLEL), "steps")
     for precision in self.precisions:
       add(f"stage-2 step {b} {precision} b{self.batch}", "stage2",
           self._rate("steps", "images_per_s", backbone=b, stage="stage2", precision=precision,
-                     parallel="pmap"), "steps")
+                     parallel=DEFAULT_PARALLEL), "steps")
     add(f"CRF loss + grad b{self.batch}x{self.size} grid_cell 0.5 (default)", "crf_default",
         self._rate("crf", "ms", grid_cell=0.5), "crf")
     add(f"F-CAM inference {b} bf16 b{self.infer_batch}", "fcam_bf16",
@@ -847,7 +870,7 @@ class Check:
       else:
         text = r.get("status", "?")
       tgt, st = "", ""
-      if section == "step" and r["backbone"] == self.main_backbone and r["parallel"] == "pmap":
+      if section == "step" and r["backbone"] == self.main_backbone and r["parallel"] == DEFAULT_PARALLEL:
         if r["stage"] == "stage2":
           tgt, st = target_for("steps", f"stage-2 step {r['backbone']} {r['precision']}")
         elif r["precision"] == "bf16":
@@ -911,7 +934,8 @@ class Check:
           f"prepare_cub {e2e['prepare_cub_s']:.1f} s, report {e2e['report_s']:.1f} s; test "
           f"MaxBoxAcc CAM {s1.get('MaxBoxAcc', float('nan')):.1f}, F-CAM "
           f"{s2.get('MaxBoxAcc', float('nan')):.1f}; {e2e['new_compilation_cache_entries']} "
-          "programs compiled anew", "", "ok")
+          f"programs compiled anew, {e2e['main_cache_hits']} from the cache (steps timed here: "
+          f"{', '.join(e2e['steps_from_cache']) or 'none'})", "", "ok")
     else:
       row("end to end", "CUB recipe", e2e.get("status", "not run"), "", "")
     proj = res["projection"]
@@ -977,10 +1001,11 @@ def plan(check: Check, skip=()):
       check.inference_item(main, precision, "fcam")
       check.inference_item(main, precision, "gradcam")
   if on("parallel"):
-    pmap = [r for r in check.results["steps"] if r["backbone"] == main
-            and r["stage"] == "stage2" and r["precision"] == first and r["parallel"] == "pmap"]
-    check.results["parallel"].extend(dict(r) for r in pmap)  # the table compares both
-    check.step_item(main, first, "stage2", parallel="jit", section="parallel")
+    default = [r for r in check.results["steps"] if r["backbone"] == main
+               and r["stage"] == "stage2" and r["precision"] == first
+               and r["parallel"] == DEFAULT_PARALLEL]
+    check.results["parallel"].extend(dict(r) for r in default)  # the table compares both
+    check.step_item(main, first, "stage2", parallel=OTHER_PARALLEL, section="parallel")
   if on("max_batch"):
     check.max_batch_item(main, "stage2", first)
     if not check.quick:
@@ -1027,6 +1052,7 @@ def main(argv):
   check = Check(os.path.abspath(_OUT.value), _BUDGET.value, _QUICK.value, workdir)
   shutil.rmtree(check.cache_dir, ignore_errors=True)  # compile times are measured
   devices.enable_compilation_cache(check.cache_dir)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)  # every program
   print(f"accelerator check: {check.results['machine']['devices']}; budget "
         f"{check.budget:.0f} s; results -> {check.out}", flush=True)
   check.write()
