@@ -334,7 +334,8 @@ class Check:
 
   # -- configs and stages
 
-  def config(self, backbone: str, precision: str, parallel: str = DEFAULT_PARALLEL, batch: int = 0):
+  def config(self, backbone: str, precision: str, parallel: str = DEFAULT_PARALLEL,
+             batch: int = 0):
     c = config_lib.base_config()  # configs/cub.py's recipe
     c.model.backbone = backbone
     c.model.num_classes = self.classes
@@ -365,7 +366,8 @@ class Check:
   def _backbone_dir(self, backbone: str) -> str:
     return os.path.join(self.workdir, "stages", backbone)
 
-  def stage(self, backbone: str, precision: str, name: str, parallel: str = DEFAULT_PARALLEL) -> Dict:
+  def stage(self, backbone: str, precision: str, name: str,
+            parallel: str = DEFAULT_PARALLEL) -> Dict:
     """{'run', 'stage', 'state': [replicated state]} of a stage, built once. Stage 1 is
     built with GradCAM maps (its train step does not depend on the CAM method); stage 2
     on stage 1's initial classifier, checkpointed as training would."""
@@ -870,7 +872,8 @@ class Check:
       else:
         text = r.get("status", "?")
       tgt, st = "", ""
-      if section == "step" and r["backbone"] == self.main_backbone and r["parallel"] == DEFAULT_PARALLEL:
+      if (section == "step" and r["backbone"] == self.main_backbone
+          and r["parallel"] == DEFAULT_PARALLEL):
         if r["stage"] == "stage2":
           tgt, st = target_for("steps", f"stage-2 step {r['backbone']} {r['precision']}")
         elif r["precision"] == "bf16":
