@@ -7,6 +7,7 @@ Every case runs in fresh processes (the device count is fixed when JAX starts):
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -224,8 +225,11 @@ def test_evaluation_is_the_same_on_1_and_4_devices(runs, tmp_path):
   assert exact  # the exact comparisons ran
 
 
-# Longer than TINY's stage 1 (8 steps), logged every step, so that a signal lands mid-stage.
-LONGER = TINY + ["--config.stage1.epochs=2", "--config.stage1.batch_size=8",
+# Longer than TINY's stage 1 (24 steps), logged every step, so that a signal sent after
+# step 2 lands mid-stage even where a step takes 0.1 s: JAX honours it at a step number
+# after the furthest one reached, measured up to 8 steps after the log's step 2 on an
+# idle machine (one past the stage's end would not be honoured in it).
+LONGER = TINY + ["--config.stage1.epochs=6", "--config.stage1.batch_size=8",
                  "--config.log_every_steps=1", "--config.eval.num_figures=0"]
 
 
@@ -237,11 +241,12 @@ def _two_processes(workdir, data_dir, logs=None):
                  2, log=None if logs is None else f"{logs}.{i}.log") for i in range(2)]
 
 
-def _stage1_steps(workdir) -> int:
-  path = os.path.join(workdir, "metrics.jsonl")
-  if not os.path.exists(path):
+def _stage1_steps(log: str) -> int:
+  """The last stage-1 train step process 0's log reports (written as it happens, unlike
+  metrics.jsonl, which the writer flushes later)."""
+  if not os.path.exists(log):
     return 0
-  return max((json.loads(l).get("step", 0) for l in open(path) if "stage1/train/" in l),
+  return max((int(m) for m in re.findall(r"\] \[(\d+)\] stage1/train/", open(log).read())),
              default=0)
 
 
@@ -256,7 +261,7 @@ def test_sigterm_to_both_processes_saves_one_step_and_resumes_exactly(runs, tmp_
   logs = str(tmp_path / "stopped")
   procs = _two_processes(stopped, data_dir, logs)
   deadline = time.time() + 1200  # against a hang only
-  while all(p.poll() is None for p in procs) and _stage1_steps(stopped) < 2:
+  while all(p.poll() is None for p in procs) and _stage1_steps(f"{logs}.0.log") < 2:
     assert time.time() < deadline
     time.sleep(0.05)
   assert all(p.poll() is None for p in procs), "the job ended before SIGTERM"
